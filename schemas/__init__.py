@@ -1,0 +1,3 @@
+"""Message shapes: JSON Schema files, the Python types, and the codec for input topics."""
+
+__all__ = ["codec", "events"]

@@ -1,0 +1,312 @@
+"""Bytes to typed events, or a reason they are not: the one decode path for input topics.
+
+A message is one JSON event (`content-type: application/json`, the default when the
+header is absent) or one Arrow IPC stream holding a batch of events
+(`application/vnd.apache.arrow.stream`). Decoding never raises on bad input: it returns
+`Rejected` with a short machine-readable reason, which the caller sends to the
+dead-letter topic.
+
+Sensor events become columns of one Arrow record batch (`SENSOR_BASE` plus one float64
+column `readings.<name>` per reading), so the agents after ingest work in columns.
+
+>>> b = SensorBatchBuilder()
+>>> b.add(b'{"event_id":"e1","sensor_id":"s","event_time":5,"readings":{"t":1.5}}', [], 0, None, 9)
+>>> b.add(b'{"event_id":"e2"}', [], 1, None, 9)
+Rejected(reason='missing-field', detail='sensor_id', row=None)
+>>> batch = b.build()
+>>> batch.num_rows, batch.column("readings.t").to_pylist()
+(1, [1.5])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas.events import ARROW, JSON, SensorEvent
+
+__all__ = [
+    "READING_PREFIX",
+    "SENSOR_BASE",
+    "Rejected",
+    "SensorBatchBuilder",
+    "decode_sensor_json",
+    "header",
+    "read_ipc",
+    "write_ipc",
+]
+
+Headers = Sequence[tuple[str, bytes]]
+
+READING_PREFIX = "readings."
+MAX_ID = 256
+MAX_READINGS = 64
+MAX_TIME = 32_503_680_000_000  # year 3000, in ms
+SENSOR_SCHEMAS = {b"sensor-event.v1"}
+
+SENSOR_BASE = pa.schema([
+    ("event_id", pa.string()),
+    ("sensor_id", pa.string()),
+    ("event_time", pa.int64()),
+    ("source_time", pa.int64()),
+    ("source_offset", pa.int64()),
+    ("ingest_time", pa.int64()),
+])
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Why a message, or one row of an Arrow batch, could not be decoded."""
+
+    reason: str
+    detail: str
+    row: int | None = None
+
+
+def header(headers: Headers, name: str) -> bytes | None:
+    """The last value of header `name`, or None.
+
+    >>> header([("schema", b"a"), ("schema", b"b")], "schema")
+    b'b'
+    """
+    found = None
+    for k, v in headers:
+        if k == name:
+            found = v
+    return found
+
+
+def _check_id(d: dict[str, object], name: str) -> str | Rejected:
+    v = d.get(name)
+    if v is None:
+        return Rejected("missing-field", name)
+    if not isinstance(v, str):
+        return Rejected("wrong-type", f"{name}: expected string, got {type(v).__name__}")
+    if not 0 < len(v) <= MAX_ID:
+        return Rejected("out-of-range", f"{name}: length {len(v)} not in 1..{MAX_ID}")
+    return v
+
+
+def decode_sensor_json(value: bytes | None) -> SensorEvent | Rejected:
+    """Validate one JSON SensorEvent (the rules of `sensor-event.v1.json`).
+
+    >>> decode_sensor_json(b'{"event_id":"e","sensor_id":"s","event_time":1,"readings":{"x":1}}')
+    SensorEvent(event_id='e', sensor_id='s', event_time=1, readings={'x': 1})
+    >>> decode_sensor_json(b'{"event_id":"e","sensor_id":"s","event_time":1,"readings":{"x":NaN}}').reason
+    'not-json'
+    >>> decode_sensor_json(b'{"event_id":"e","sensor_id":"s","event_time":true,"readings":{"x":1}}')
+    Rejected(reason='wrong-type', detail='event_time: expected integer ms, got bool', row=None)
+    """
+    if not value:
+        return Rejected("empty-value", "message value is empty or null")
+    try:
+        d = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return Rejected("not-json", str(exc))
+    if not isinstance(d, dict):
+        return Rejected("not-an-object", f"top level is {type(d).__name__}")
+    event_id = _check_id(d, "event_id")
+    if isinstance(event_id, Rejected):
+        return event_id
+    sensor_id = _check_id(d, "sensor_id")
+    if isinstance(sensor_id, Rejected):
+        return sensor_id
+    t = d.get("event_time")
+    if t is None:
+        return Rejected("missing-field", "event_time")
+    if type(t) is not int:
+        return Rejected("wrong-type", f"event_time: expected integer ms, got {type(t).__name__}")
+    if not 0 <= t <= MAX_TIME:
+        return Rejected("out-of-range", f"event_time {t} not in 0..{MAX_TIME}")
+    readings = d.get("readings")
+    if readings is None:
+        return Rejected("missing-field", "readings")
+    if not isinstance(readings, dict):
+        return Rejected("wrong-type", f"readings: expected object, got {type(readings).__name__}")
+    if not 0 < len(readings) <= MAX_READINGS:
+        return Rejected("out-of-range", f"readings: {len(readings)} not in 1..{MAX_READINGS}")
+    for k, v in readings.items():
+        if type(v) is not float and type(v) is not int:
+            return Rejected("wrong-type", f"readings.{k}: expected number, got {type(v).__name__}")
+        if not math.isfinite(v):
+            return Rejected("non-finite", f"readings.{k}")
+        if not (0 < len(k) <= 64 and k.replace("_", "a").isalnum() and k.isascii()):
+            return Rejected("bad-name", f"reading name {k[:80]!r}")
+    extra = d.keys() - {"event_id", "sensor_id", "event_time", "readings"}
+    if extra:
+        return Rejected("unknown-field", ", ".join(sorted(extra))[:200])
+    return SensorEvent(event_id, sensor_id, t, readings)
+
+
+class SensorBatchBuilder:
+    """Collects decoded sensor events, from JSON or Arrow messages, into one record batch.
+
+    Rows keep the order of the messages they came from, so per-sensor state downstream
+    sees each sensor's events in offset order.
+    """
+
+    def __init__(self) -> None:
+        self._base: dict[str, list[object]] = {f.name: [] for f in SENSOR_BASE}
+        self._readings: list[dict[str, float]] = []
+        self._parts: list[pa.RecordBatch] = []
+        self._rows = 0
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def add(self, value: bytes | None, headers: Headers, offset: int,
+            source_time: int | None, ingest_time: int) -> Rejected | list[Rejected] | None:
+        """Decode one message; None when it was accepted whole.
+
+        A JSON message gives one Rejected; an Arrow batch gives a list with one entry per
+        rejected row (the good rows are kept), or one Rejected when the batch is unreadable.
+        """
+        ctype = header(headers, "content-type")
+        schema = header(headers, "schema")
+        if schema is not None and schema not in SENSOR_SCHEMAS:
+            return Rejected("unknown-schema", schema.decode(errors="replace")[:100])
+        if ctype is None or ctype == JSON.encode():
+            ev = decode_sensor_json(value)
+            if isinstance(ev, Rejected):
+                return ev
+            b = self._base
+            b["event_id"].append(ev.event_id)
+            b["sensor_id"].append(ev.sensor_id)
+            b["event_time"].append(ev.event_time)
+            b["source_time"].append(source_time)
+            b["source_offset"].append(offset)
+            b["ingest_time"].append(ingest_time)
+            self._readings.append(ev.readings)
+            self._rows += 1
+            return None
+        if ctype == ARROW.encode():
+            return self._add_arrow(value, offset, source_time, ingest_time)
+        return Rejected("unknown-content-type", ctype.decode(errors="replace")[:100])
+
+    def _add_arrow(self, value: bytes | None, offset: int, source_time: int | None,
+                   ingest_time: int) -> Rejected | list[Rejected] | None:
+        if not value:
+            return Rejected("empty-value", "message value is empty or null")
+        try:
+            table = read_ipc(value)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+            return Rejected("bad-arrow", str(exc)[:300])
+        checked = validate_sensor_table(table)
+        if isinstance(checked, Rejected):
+            return checked
+        good, rejected = checked
+        n = good.num_rows
+        if n:
+            self._flush_json()
+            good = good.append_column("source_time", pa.array([source_time] * n, pa.int64()))
+            good = good.append_column("source_offset", pa.array([offset] * n, pa.int64()))
+            good = good.append_column("ingest_time", pa.array([ingest_time] * n, pa.int64()))
+            self._parts.extend(good.combine_chunks().to_batches())
+            self._rows += n
+        return rejected or None
+
+    def _flush_json(self) -> None:
+        if not self._readings:
+            return
+        keys = sorted({k for r in self._readings for k in r})
+        cols = [pa.array(self._base[f.name], f.type) for f in SENSOR_BASE]
+        cols += [pa.array([r.get(k) for r in self._readings], pa.float64()) for k in keys]
+        schema = _with_readings(keys)
+        self._parts.append(pa.RecordBatch.from_arrays(cols, schema=schema))
+        self._base = {f.name: [] for f in SENSOR_BASE}
+        self._readings = []
+
+    def build(self) -> pa.RecordBatch:
+        """One record batch of everything added, in message order; the builder is emptied."""
+        self._flush_json()
+        keys = sorted({n.removeprefix(READING_PREFIX) for p in self._parts
+                       for n in p.schema.names if n.startswith(READING_PREFIX)})
+        schema = _with_readings(keys)
+        parts = [_conform(p, schema) for p in self._parts]
+        self._parts, self._rows = [], 0
+        if not parts:
+            return pa.RecordBatch.from_pylist([], schema=schema)
+        return parts[0] if len(parts) == 1 else pa.concat_batches(parts)
+
+
+def _with_readings(keys: Iterable[str]) -> pa.Schema:
+    schema = SENSOR_BASE
+    for k in keys:
+        schema = schema.append(pa.field(READING_PREFIX + k, pa.float64()))
+    return schema
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    cols = []
+    for f in schema:
+        idx = batch.schema.get_field_index(f.name)
+        cols.append(batch.column(idx) if idx >= 0 else pa.nulls(batch.num_rows, f.type))
+    return pa.RecordBatch.from_arrays(cols, schema=schema)
+
+
+def validate_sensor_table(table: pa.Table) -> Rejected | tuple[pa.Table, list[Rejected]]:
+    """Check an Arrow batch of sensor events; keep the good rows, list the bad ones."""
+    names = table.schema.names
+    for col in ("event_id", "sensor_id", "event_time"):
+        if col not in names:
+            return Rejected("missing-field", col)
+    readings = [n for n in names if n.startswith(READING_PREFIX)]
+    if not readings:
+        return Rejected("missing-field", "readings")
+    try:
+        ids = table.column("event_id").cast(pa.string())
+        sensors = table.column("sensor_id").cast(pa.string())
+        t = table.column("event_time")
+        if pa.types.is_timestamp(t.type):
+            t = t.cast(pa.timestamp("ms")).cast(pa.int64())
+        t = t.cast(pa.int64())
+        values = [table.column(n).cast(pa.float64()) for n in readings]
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        return Rejected("wrong-type", str(exc)[:300])
+    bad: list[Rejected] = []
+    keep = pc.and_(pc.is_valid(ids), pc.is_valid(sensors))
+    keep = pc.and_(keep, pc.and_(pc.greater_equal(t, 0), pc.less_equal(t, MAX_TIME)))
+    keep = pc.fill_null(keep, False)
+    any_reading = None
+    for n, v in zip(readings, values, strict=True):
+        finite = pc.or_kleene(pc.is_null(v), pc.is_finite(v))
+        for row in pc.indices_nonzero(pc.invert(pc.fill_null(finite, True))).to_pylist():
+            bad.append(Rejected("non-finite", n, row))
+        keep = pc.and_(keep, pc.fill_null(finite, True))
+        present = pc.is_valid(v)
+        any_reading = present if any_reading is None else pc.or_(any_reading, present)
+    keep = pc.and_(keep, any_reading)
+    flagged = {r.row for r in bad}
+    for row in pc.indices_nonzero(pc.invert(keep)).to_pylist():
+        if row not in flagged:
+            bad.append(Rejected("invalid-row", "null id, event_time out of range, or no reading",
+                                row))
+    good = pa.table([ids, sensors, t, *values],
+                    names=["event_id", "sensor_id", "event_time", *readings]).filter(keep)
+    bad.sort(key=lambda r: r.row or 0)
+    return good, bad
+
+
+def write_ipc(batch: pa.RecordBatch | pa.Table) -> bytes:
+    """Serialise a batch as one Arrow IPC stream (the value of one Kafka message)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write(batch)
+    return bytes(sink.getvalue())
+
+
+def read_ipc(value: bytes) -> pa.Table:
+    """Read one Arrow IPC stream message back into a table.
+
+    >>> t = pa.table({"a": [1, 2]})
+    >>> read_ipc(write_ipc(t)).equals(t)
+    True
+    """
+    with pa.ipc.open_stream(pa.py_buffer(value)) as reader:
+        return reader.read_all()
+

@@ -1,0 +1,167 @@
+"""The message shapes headwater reads and writes, as Python types.
+
+Each type mirrors one JSON Schema file in `schemas/json/` (the contract for other
+languages) and knows its schema name and version, which travel in the `schema` header.
+
+>>> e = SensorEvent("e1", "s1", 1_700_000_000_000, {"temp": 21.5})
+>>> SensorEvent.from_dict(orjson.loads(e.to_json())) == e
+True
+>>> e.headers()
+[('content-type', b'application/json'), ('schema', b'sensor-event.v1')]
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any, ClassVar
+
+import orjson
+
+__all__ = [
+    "ARROW",
+    "JSON",
+    "CurationSample",
+    "DeadLetter",
+    "EngagementEvent",
+    "Label",
+    "Prediction",
+    "SensorEvent",
+    "json_schema",
+    "schema_id",
+]
+
+JSON = "application/json"
+ARROW = "application/vnd.apache.arrow.stream"
+
+
+def schema_id(name: str, version: int) -> str:
+    """The value of the `schema` header: `name.vN`.
+
+    >>> schema_id("sensor-event", 1)
+    'sensor-event.v1'
+    """
+    return f"{name}.v{version}"
+
+
+@cache
+def json_schema(sid: str) -> dict[str, Any]:
+    """The JSON Schema document for a schema id such as `prediction.v1`."""
+    text = resources.files("schemas").joinpath("json", f"{sid}.json").read_text()
+    doc: dict[str, Any] = json.loads(text)
+    return doc
+
+
+class _Message:
+    schema_name: ClassVar[str]
+    schema_version: ClassVar[int] = 1
+
+    @classmethod
+    def schema(cls) -> str:
+        return schema_id(cls.schema_name, cls.schema_version)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]  # every subclass is a dataclass
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [("content-type", JSON.encode()), ("schema", self.schema().encode())]
+
+
+@dataclass(frozen=True, slots=True)
+class SensorEvent(_Message):
+    """One or more readings from one sensor at one event time (epoch milliseconds)."""
+
+    schema_name: ClassVar[str] = "sensor-event"
+    event_id: str
+    sensor_id: str
+    event_time: int
+    readings: dict[str, float]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SensorEvent:
+        return cls(d["event_id"], d["sensor_id"], d["event_time"], dict(d["readings"]))
+
+
+@dataclass(frozen=True, slots=True)
+class EngagementEvent(_Message):
+    """A user's impression of, or engagement with, an item."""
+
+    schema_name: ClassVar[str] = "engagement-event"
+    event_id: str
+    user_id: str
+    item_id: str
+    event_time: int
+    kind: str
+    value: float = 1.0
+    context: dict[str, str | float | bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Label(_Message):
+    """The true outcome of one event: `source` is `outcome` or `human`."""
+
+    schema_name: ClassVar[str] = "label"
+    event_id: str
+    value: float
+    source: str
+    label_time: int
+    annotator: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction(_Message):
+    """A model's score for one event, the versions that made it, and latency timestamps."""
+
+    schema_name: ClassVar[str] = "prediction"
+    event_id: str
+    entity_id: str
+    probability: float
+    uncertainty: float
+    model_name: str
+    model_version: int
+    event_time: int
+    ingest_time: int
+    predict_time: int
+    source_time: int | None = None
+    head_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CurationSample(_Message):
+    """An event sent for labelling, with the reason it was chosen."""
+
+    schema_name: ClassVar[str] = "curation-sample"
+    event_id: str
+    entity_id: str
+    probability: float
+    uncertainty: float
+    strategy: str
+    reason: str
+    model_version: int
+    event_time: int
+    features: dict[str, float | None] = field(default_factory=dict)
+    slice: str | None = None
+    head_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter(_Message):
+    """A message (or a row of an Arrow batch) an agent could not process, and why."""
+
+    schema_name: ClassVar[str] = "dead-letter"
+    agent: str
+    reason: str
+    detail: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    raw_b64: str
+    dead_time: int
+    source_row: int | None = None
+    source_key_b64: str | None = None
+    raw_truncated: bool = False

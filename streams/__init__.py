@@ -1,0 +1,7 @@
+"""Kafka wiring: settings, the Faust app, topics, ingest, agents, CLI and the local broker.
+
+No ML math here: agents call the pure functions in `models/`.
+"""
+
+__all__ = ["agents", "app", "broker", "cli", "ingest", "outbox", "produce", "settings",
+           "topics", "watch"]

@@ -1,0 +1,192 @@
+"""The featurize and infer agents: thin loops over batch messages calling pure functions.
+
+Each Kafka message on `sensor-batches` and `features` is one Arrow batch of hundreds to
+thousands of events (DESIGN.md §6), so Faust's per-message cost is paid per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+from faust import App, Stream
+
+from models.features import sensor_features
+from models.inference import BatchScorer, pick_device
+from models.registry import LoadedModel, Registry
+from models.uncertainty import binary_entropy
+from schemas.codec import Rejected, read_ipc, write_ipc
+from schemas.events import ARROW, JSON
+from streams.metrics import BATCH_ROWS, EVENTS, STAGE_SECONDS
+from streams.outbox import Outbox, now_ms
+from streams.settings import Settings
+
+__all__ = ["predictions_json", "wire_agents"]
+
+log = logging.getLogger(__name__)
+
+FEATURE_HEADERS = [("content-type", ARROW.encode()), ("schema", b"feature-batch.v1")]
+JSON_HEADERS = [("content-type", JSON.encode()), ("schema", b"prediction.v1")]
+ARROW_HEADERS = [("content-type", ARROW.encode()), ("schema", b"prediction.v1")]
+
+
+def predictions_json(t: pa.Table, probs: np.ndarray, unc: np.ndarray, model: LoadedModel,
+                     predict_time: int) -> list[bytes]:
+    """One Prediction JSON document per row of a feature table, in row order.
+
+    >>> from models.registry import LoadedModel
+    >>> t = pa.table({"event_id": ["e"], "entity_id": ["s"], "event_time": [1],
+    ...               "source_time": [2], "ingest_time": [3]})
+    >>> m = LoadedModel("m", 4, None, {})
+    >>> predictions_json(t, np.array([0.25]), np.array([0.81]), m, 5)[0][:60]
+    b'{"event_id":"e","entity_id":"s","probability":0.25,"uncertai'
+    """
+    name, version = model.name, model.version
+    return [
+        orjson.dumps({
+            "event_id": e, "entity_id": k, "probability": p, "uncertainty": u,
+            "model_name": name, "model_version": version, "head_version": None,
+            "event_time": et, "source_time": st, "ingest_time": it,
+            "predict_time": predict_time,
+        })
+        for e, k, p, u, et, st, it in zip(
+            t.column("event_id").to_pylist(), t.column("entity_id").to_pylist(),
+            probs.tolist(), unc.tolist(), t.column("event_time").to_pylist(),
+            t.column("source_time").to_pylist(), t.column("ingest_time").to_pylist(),
+            strict=True)
+    ]
+
+
+def wire_agents(app: App, settings: Settings, outbox: Outbox) -> None:
+    """Declare the topics, the state table and the agents on `app`."""
+    n = settings.partitions
+    batches = app.topic(settings.topic("sensor-batches"), value_type=bytes,
+                        value_serializer="raw", key_serializer="raw", partitions=n)
+    features = app.topic(settings.topic("features"), value_type=bytes,
+                         value_serializer="raw", key_serializer="raw", partitions=n)
+    state = app.Table("sensor-state", default=None, partitions=n, key_type=str, value_type=str)
+    window = settings.feature_window
+
+    async def dead(agent: str, r: Rejected, msg: Any) -> None:
+        await outbox.dead_letter(agent, r, topic=msg.topic, partition=msg.partition,
+                                 offset=msg.offset, key=msg.key, raw=msg.value)
+
+    @app.agent(batches, name="featurize")
+    async def featurize(stream: Stream[bytes]) -> AsyncIterator[None]:
+        async for event in stream.events():
+            msg = event.message
+            started = time.perf_counter()
+            try:
+                table = read_ipc(event.value)
+            except (pa.ArrowInvalid, OSError) as exc:
+                await dead("featurize", Rejected("bad-arrow", str(exc)[:300]), msg)
+                continue
+            batch = table.combine_chunks().to_batches()
+            if not batch:
+                continue
+            keys = set(batch[0].column("sensor_id").to_pylist())
+            before = {k: orjson.loads(v) for k in keys if (v := state.get(k)) is not None}
+            out, after = sensor_features(batch[0], before, window)
+            for k, s in after.items():
+                state[k] = orjson.dumps(s).decode()
+            await features.send(value=write_ipc(out), partition=msg.partition,
+                                headers=FEATURE_HEADERS)
+            EVENTS.labels("featurize").inc(out.num_rows)
+            BATCH_ROWS.labels("featurize").observe(out.num_rows)
+            STAGE_SECONDS.labels("featurize").observe(time.perf_counter() - started)
+            yield None
+
+    registry = Registry(settings.registry_dir)
+    loaded: dict[str, Any] = {}
+
+    def scorer() -> tuple[LoadedModel, BatchScorer]:
+        if not loaded:
+            model = registry.load(settings.sensor_model)
+            loaded["model"] = model
+            loaded["scorer"] = BatchScorer(model.module, pick_device(settings.device))
+            log.info("serving %s v%d", model.name, model.version)
+        return loaded["model"], loaded["scorer"]
+
+    @app.agent(features, name="infer")
+    async def infer(stream: Stream[bytes]) -> AsyncIterator[None]:
+        max_msgs = max(1, settings.infer_max_rows // 256)
+        async for events in stream.take_events(max_msgs, within=settings.infer_max_wait_ms
+                                               / 1000):
+            model, score = scorer()
+            tables = []
+            for event in events:
+                try:
+                    t = read_ipc(event.value)
+                    tables.append(t.append_column("source_partition", pa.array(
+                        [event.message.partition] * t.num_rows, pa.int32())))
+                except (pa.ArrowInvalid, OSError) as exc:
+                    await dead("infer", Rejected("bad-arrow", str(exc)[:300]), event.message)
+            pending: list[asyncio.Future[object]] = []
+            for t in _chunks(tables, settings.infer_max_rows):
+                pending += await _infer_batch(t, model, score, outbox, settings)
+            await asyncio.gather(*pending)
+            yield None
+
+    _ = (featurize, infer)
+
+
+def _chunks(tables: list[pa.Table], max_rows: int) -> list[pa.Table]:
+    """Merge small tables and split big ones into pieces of at most `max_rows` rows."""
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return []
+    whole = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 \
+        else tables[0]
+    return [whole.slice(i, max_rows) for i in range(0, whole.num_rows, max_rows)]
+
+
+async def _infer_batch(t: pa.Table, model: LoadedModel, score: BatchScorer, outbox: Outbox,
+                       settings: Settings) -> list[asyncio.Future[object]]:
+    """Score one micro-batch, send its predictions, dead-letter rows it cannot score."""
+    topic = settings.topic("predictions")
+    started = time.perf_counter()
+    names = model.feature_names
+    missing = [n for n in names if n not in t.schema.names]
+    pending: list[asyncio.Future[object]] = []
+    if missing:
+        x = np.full((t.num_rows, len(names)), np.nan, np.float32)
+    else:
+        x = np.column_stack([t.column(n).to_numpy(zero_copy_only=False) for n in names]
+                            ).astype(np.float32)
+    bad = np.isnan(x).any(axis=1)
+    if bad.any():
+        offsets = t.column("source_offset").to_pylist()
+        partitions = t.column("source_partition").to_pylist()
+        detail = ", ".join(missing[:5]) if missing else "a null or NaN model feature"
+        for row in np.nonzero(bad)[0].tolist():
+            pending.append(await outbox.dead_letter(
+                "infer", Rejected("missing-feature", detail), topic=settings.topic("sensor-events"),
+                partition=partitions[row], offset=offsets[row],
+                key=t.column("entity_id")[row].as_py().encode(),
+                raw=t.column("event_id")[row].as_py().encode()))
+        keep = pa.array(~bad)
+        t, x = t.filter(keep), x[~bad]
+    probs = score.probabilities(x)
+    unc = binary_entropy(probs)
+    predict_time = now_ms()
+    if settings.predictions_format == "arrow":
+        out = t.select(["event_id", "entity_id", "event_time", "source_time", "ingest_time"])
+        out = out.append_column("probability", pa.array(probs))
+        out = out.append_column("uncertainty", pa.array(unc))
+        out = out.append_column("model_version", pa.array([model.version] * t.num_rows))
+        out = out.append_column("predict_time", pa.array([predict_time] * t.num_rows))
+        pending.append(await outbox.send(topic, write_ipc(out), headers=ARROW_HEADERS))
+    else:
+        values = predictions_json(t, probs, unc, model, predict_time)
+        pending += await outbox.send_keyed(topic, t.column("entity_id").to_pylist(), values,
+                                           JSON_HEADERS)
+    EVENTS.labels("infer").inc(t.num_rows)
+    BATCH_ROWS.labels("infer").observe(t.num_rows)
+    STAGE_SECONDS.labels("infer").observe(time.perf_counter() - started)
+    return pending

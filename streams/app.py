@@ -1,0 +1,86 @@
+"""The Faust app: settings in, topics, table, agents, ingest and the web page wired up.
+
+>>> app = create_app(Settings(app_id="doc", topic_prefix="doc-"))
+>>> sorted(app.agents)
+['featurize', 'infer']
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streams.agents import wire_agents
+from streams.ingest import Ingest
+from streams.outbox import Outbox
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+__all__ = ["HeadwaterApp", "create_app"]
+
+log = logging.getLogger(__name__)
+
+
+class HeadwaterApp(faust.App):
+    """A Faust app that creates its topics first and runs ingest beside the agents."""
+
+    hw: Settings
+    outbox: Outbox
+    ingest: Ingest
+
+    async def on_first_start(self) -> None:
+        self.hw.data_dir.mkdir(parents=True, exist_ok=True)
+        await ensure_topics(self.hw)
+        await self.outbox.start()
+        await super().on_first_start()
+
+    async def on_started(self) -> None:
+        await super().on_started()
+        await self.add_runtime_dependency(self.ingest)
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        await self.outbox.stop()
+
+
+def create_app(settings: Settings) -> HeadwaterApp:
+    """Build the app; nothing connects until a worker or command starts it."""
+    creds: Any = None
+    if settings.sasl_username:
+        creds = faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.get_secret_value() if settings.sasl_password else "",
+            mechanism="SCRAM-SHA-512", ssl_context=settings.kafka_options().get("ssl_context"))
+    app = HeadwaterApp(
+        settings.app_id,
+        broker=f"kafka://{settings.bootstrap}",
+        broker_credentials=creds,
+        store="memory://",
+        autodiscover=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        datadir=str(settings.data_dir / settings.app_id),
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        producer_linger=settings.producer_linger_ms / 1000,
+        producer_max_request_size=8 * 1024 * 1024,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        broker_heartbeat_interval=max(settings.session_timeout_ms / 5000, 0.5),
+        broker_commit_interval=1.0,
+    )
+    app.hw = settings
+    app.outbox = Outbox(settings)
+    app.ingest = Ingest(settings, app.outbox)
+    wire_agents(app, settings, app.outbox)
+
+    @app.page("/metrics")
+    async def metrics(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+    _ = metrics
+    return app

@@ -1,0 +1,131 @@
+"""The `headwater` command: Faust's own CLI (`worker`, ...) plus headwater's commands.
+
+    headwater kafka start|stop|status    the local broker (ops/, no Docker)
+    headwater train shuttle              train the sensor model, save and promote it
+    headwater produce shuttle            replay a dataset into sensor-events
+    headwater watch                      follow predictions: count, rate, latency
+    headwater worker -l info             run ingest, featurize and infer
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import click
+from faust.cli import AppCommand, argument, option
+from tqdm import tqdm
+
+from streams.app import HeadwaterApp, create_app
+from streams.broker import BrokerError, LocalKafka
+from streams.settings import Settings
+
+__all__ = ["local_kafka", "main"]
+
+
+def local_kafka(settings: Settings) -> LocalKafka:
+    """The local broker that `settings` describe."""
+    return LocalKafka(settings.kafka_home, settings.kafka_port, settings.kafka_controller_port)
+
+
+def register_commands(app: HeadwaterApp) -> None:
+    settings = app.hw
+
+    @app.command(argument("action", type=click.Choice(["start", "stop", "status"])))
+    async def kafka(self: AppCommand, action: str) -> None:
+        """Start, stop or report the local Kafka broker (resolved by ops/ from Maven)."""
+        node = local_kafka(settings)
+        try:
+            if action == "start":
+                t = time.monotonic()
+                pid = node.start()
+                print(f"kafka running pid={pid} bootstrap={node.bootstrap} "
+                      f"({time.monotonic() - t:.1f}s) log: {node.log_path}")
+            elif action == "stop":
+                print("kafka stopped" if node.stop() else "kafka was not running")
+            else:
+                print(node.status())
+        except BrokerError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    @app.command(
+        argument("dataset", type=click.Choice(["shuttle"])),
+        option("--sensors", type=int, default=4, help="Simulated sensors to deal rows to"),
+        option("--epochs", type=int, default=15),
+        option("--seed", type=int, default=0),
+    )
+    async def train(self: AppCommand, dataset: str, sensors: int, epochs: int,
+                    seed: int) -> None:
+        """Train the deep sensor model on a dataset and promote it in the registry."""
+        from models.datasets import shuttle
+        from models.inference import pick_device
+        from models.registry import Registry
+        from models.training import train_sensor_model
+
+        events = shuttle(sensors=sensors)
+        result = train_sensor_model(events, Registry(settings.registry_dir),
+                                    settings.sensor_model, window=settings.feature_window,
+                                    epochs=epochs, seed=seed, device=pick_device(settings.device))
+        m = result.metrics
+        print(f"trained {result.name} v{result.version} on {int(m['train_rows'])} events: "
+              f"val AUC {m['val_auc']:.4f}, accuracy {m['val_accuracy']:.4f} "
+              f"({settings.registry_dir})")
+
+    @app.command(
+        argument("dataset", type=click.Choice(["shuttle"])),
+        option("--topic", default="sensor-events", help="Topic (before the prefix)"),
+        option("--limit", type=int, default=None, help="First N events only"),
+        option("--rate", type=float, default=0.0, help="Events/s; 0 = as fast as possible"),
+        option("--sensors", type=int, default=4, help="Simulated sensors to deal rows to"),
+        option("--format", "fmt", type=click.Choice(["json", "arrow"]), default="json"),
+    )
+    async def produce(self: AppCommand, dataset: str, topic: str, limit: int | None,
+                      rate: float, sensors: int, fmt: str) -> None:
+        """Replay a dataset into a topic in event-time order, with a progress bar."""
+        from models.datasets import shuttle
+        from streams.produce import produce_table
+        from streams.topics import ensure_topics
+
+        await ensure_topics(settings)
+        table = shuttle(limit=limit, sensors=sensors)
+        t = time.monotonic()
+        with tqdm(total=table.num_rows, unit="ev", unit_scale=True, file=sys.stderr,
+                  disable=None) as bar:
+            n = await produce_table(settings, table, settings.topic(topic), rate=rate,
+                                    fmt=fmt, progress=bar.update)
+        dt = time.monotonic() - t
+        print(f"produced {n} {dataset} events to {settings.topic(topic)} "
+              f"in {dt:.1f}s ({n / dt:,.0f}/s)")
+
+    @app.command(
+        option("--since-ms", type=int, default=None, help="Start at this Kafka timestamp"),
+        option("--expect", type=int, default=None, help="Stop after this many predictions"),
+        option("--idle", type=float, default=10.0, help="Stop after this long with none"),
+        option("--samples", type=int, default=3, help="Sample predictions to print"),
+    )
+    async def watch(self: AppCommand, since_ms: int | None, expect: int | None, idle: float,
+                    samples: int) -> None:
+        """Follow the predictions topic: live count, rate, latency and samples."""
+        from streams.watch import watch_predictions
+
+        s = await watch_predictions(settings, since_ms=since_ms, expect=expect, idle=idle,
+                                    samples=samples)
+        if expect is not None and s.count < expect:
+            raise click.ClickException(f"saw {s.count} predictions, expected {expect}")
+
+    _ = (kafka, train, produce, watch)
+
+
+def main() -> None:
+    """Entry point of the `headwater` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    settings = Settings()
+    app = create_app(settings)
+    register_commands(app)
+    app.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The worker's own producer: batch sends, keyed per-event sends, and dead letters.
+
+Faust's `topic.send` costs tens of microseconds a message; for one prediction per event
+that would cap the pipeline (DESIGN.md §6). The outbox appends messages straight into
+aiokafka record batches, one per partition, and sends each batch whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+
+from schemas.codec import Rejected
+from schemas.events import DeadLetter
+from streams.metrics import DEAD_LETTERS
+from streams.settings import Settings
+
+__all__ = ["Outbox"]
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+MAX_REQUEST = 8 * 1024 * 1024
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Outbox:
+    """Wraps one idempotent AIOKafkaProducer; every send returns an awaitable delivery."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._partitioner = DefaultPartitioner()
+        self._partitions: dict[str, list[int]] = {}
+        self.dead_letters = 0
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("Outbox used before start()")
+        return self._producer
+
+    async def start(self) -> None:
+        """Connect the producer (it must be created inside the running event loop)."""
+        if self._producer is not None:
+            return
+        self._producer = AIOKafkaProducer(
+            **self.settings.kafka_options(),  # type: ignore[arg-type]
+            acks="all", enable_idempotence=True, linger_ms=self.settings.producer_linger_ms,
+            max_batch_size=1024 * 1024, max_request_size=MAX_REQUEST)
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def send(self, topic: str, value: bytes, *, key: bytes | None = None,
+                   partition: int | None = None, headers: Headers | None = None
+                   ) -> asyncio.Future[object]:
+        """Enqueue one message; await the result for its delivery."""
+        fut: asyncio.Future[object] = await self.producer.send(
+            topic, value, key=key, partition=partition, headers=headers)
+        return fut
+
+    async def partitions(self, topic: str) -> list[int]:
+        if topic not in self._partitions:
+            parts = await self.producer.partitions_for(topic)
+            self._partitions[topic] = sorted(parts)
+        return self._partitions[topic]
+
+    async def send_keyed(self, topic: str, keys: Sequence[str], values: Sequence[bytes],
+                         headers: Headers) -> list[asyncio.Future[object]]:
+        """Send one message per (key, value), partitioned by key like any Kafka client.
+
+        Messages of the same partition keep their order.
+        """
+        parts = await self.partitions(topic)
+        where: dict[str, int] = {}
+        batches: dict[int, object] = {}
+        futures: list[asyncio.Future[object]] = []
+        ts = now_ms()
+        for key, value in zip(keys, values, strict=True):
+            p = where.get(key)
+            if p is None:
+                p = where[key] = self._partitioner(key.encode(), parts, parts)
+            batch = batches.get(p)
+            if batch is None:
+                batch = batches[p] = self.producer.create_batch()
+            kb = key.encode()
+            if batch.append(key=kb, value=value, timestamp=ts,  # type: ignore[attr-defined]
+                            headers=headers) is None:
+                futures.append(await self.producer.send_batch(batch, topic, partition=p))  # type: ignore[arg-type]
+                batch = batches[p] = self.producer.create_batch()
+                batch.append(key=kb, value=value, timestamp=ts,  # type: ignore[attr-defined]
+                             headers=headers)
+        for p, batch in batches.items():
+            futures.append(await self.producer.send_batch(batch, topic, partition=p))  # type: ignore[arg-type]
+        return futures
+
+    async def dead_letter(self, agent: str, rejected: Rejected, *, topic: str, partition: int,
+                          offset: int, key: bytes | None, raw: bytes | None
+                          ) -> asyncio.Future[object]:
+        """Publish a DeadLetter with the source coordinates and reason, and count it."""
+        raw = raw or b""
+        limit = self.settings.dead_letter_max_raw
+        dl = DeadLetter(
+            agent=agent, reason=rejected.reason, detail=rejected.detail, source_topic=topic,
+            source_partition=partition, source_offset=offset, source_row=rejected.row,
+            source_key_b64=base64.b64encode(key).decode() if key is not None else None,
+            raw_b64=base64.b64encode(raw[:limit]).decode(), raw_truncated=len(raw) > limit,
+            dead_time=now_ms())
+        DEAD_LETTERS.labels(agent, rejected.reason).inc()
+        self.dead_letters += 1
+        return await self.send(self.settings.topic("dead-letters"), dl.to_json(), key=key,
+                               headers=dl.headers())

@@ -1,0 +1,102 @@
+"""One frozen, typed settings object, read from `HEADWATER_*` environment variables.
+
+Nothing reads the environment at import time: call `Settings()` at the edge (the CLI,
+a test) and pass the object down.
+
+>>> s = Settings(topic_prefix="t1-", partitions=2)
+>>> s.topic("sensor-events"), s.partitions
+('t1-sensor-events', 2)
+>>> "hunter2" in repr(Settings(sasl_password="hunter2"))
+False
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["TOPICS", "Settings"]
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+#: Every topic headwater uses (DESIGN.md §2), before the prefix.
+TOPICS = (
+    "sensor-events",
+    "engagement-events",
+    "sensor-batches",
+    "engagement-batches",
+    "labels",
+    "features",
+    "predictions",
+    "curation",
+    "model-updates",
+    "metrics",
+    "alerts",
+    "dead-letters",
+)
+
+
+class Settings(BaseSettings):
+    """Everything configurable, with the default a local single-machine run needs."""
+
+    model_config = SettingsConfigDict(env_prefix="HEADWATER_", frozen=True, extra="ignore")
+
+    # -- Kafka --------------------------------------------------------------------
+    bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    topic_prefix: str = Field("", description="Prefix for every topic name")
+    partitions: int = Field(4, ge=1, description="Partitions of each topic created")
+    replication: int = Field(1, ge=1, description="Replication factor of topics created")
+    retention_ms: int = Field(7 * 24 * 3600 * 1000, description="Retention of data topics")
+    security_protocol: Literal["PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    producer_linger_ms: int = Field(5, ge=0, description="Producer linger (DESIGN.md §8)")
+    session_timeout_ms: int = Field(10_000, ge=1000, description="Consumer session timeout")
+
+    # -- the worker ---------------------------------------------------------------
+    app_id: str = Field("headwater", description="Faust app id and consumer group prefix")
+    web_host: str = Field("127.0.0.1", description="Worker web server bind address")
+    web_port: int = Field(6066, description="Worker web server port (/metrics)")
+    data_dir: Path = Field(_ROOT / ".cache" / "worker", description="Worker state directory")
+    ingest_max_records: int = Field(4096, ge=1, description="Events per ingest batch, at most")
+    ingest_max_wait_ms: int = Field(20, ge=0, description="Longest ingest poll wait")
+    feature_window: int = Field(8, ge=2, description="Events in the rolling mean/std window")
+    infer_max_rows: int = Field(4096, ge=1, description="Rows per inference micro-batch")
+    infer_max_wait_ms: int = Field(5, ge=0, description="Longest wait to fill a micro-batch")
+    predictions_format: Literal["json", "arrow"] = Field(
+        "json", description="One JSON message per event, or one Arrow batch per micro-batch")
+    dead_letter_max_raw: int = Field(65536, description="Raw bytes kept in a dead letter")
+
+    # -- models -------------------------------------------------------------------
+    registry_dir: Path = Field(_ROOT / ".cache" / "registry", description="Model registry")
+    sensor_model: str = Field("shuttle", description="Registry name of the sensor model")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+
+    # -- local broker (ops/) --------------------------------------------------------
+    kafka_home: Path = Field(_ROOT / ".cache" / "kafka", description="Local broker files")
+    kafka_port: int = Field(9092, description="Local broker port")
+    kafka_controller_port: int = Field(9093, description="Local KRaft controller port")
+
+    def topic(self, name: str) -> str:
+        """The full name of topic `name`, with the prefix."""
+        return f"{self.topic_prefix}{name}"
+
+    def kafka_options(self) -> dict[str, object]:
+        """Connection keyword arguments for aiokafka clients (security included)."""
+        opts: dict[str, object] = {"bootstrap_servers": self.bootstrap,
+                                   "security_protocol": self.security_protocol}
+        if self.security_protocol != "PLAINTEXT":
+            from aiokafka.helpers import create_ssl_context
+
+            opts["ssl_context"] = create_ssl_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        if self.sasl_username:
+            opts["sasl_mechanism"] = "SCRAM-SHA-512"
+            opts["sasl_plain_username"] = self.sasl_username
+            opts["sasl_plain_password"] = (self.sasl_password.get_secret_value()
+                                           if self.sasl_password else "")
+        return opts

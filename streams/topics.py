@@ -1,0 +1,56 @@
+"""Create headwater's topics idempotently, with the configured partitions and retention."""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from streams.settings import TOPICS, Settings
+
+__all__ = ["ensure_topics"]
+
+log = logging.getLogger(__name__)
+
+COMPACTED = {"model-updates"}
+
+
+async def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> list[str]:
+    """Create the topics that are missing; return the full names of those created.
+
+    Existing topics are left as they are, but one with fewer partitions than configured
+    is an error: partition p of an input maps to partition p of the internal topics.
+    """
+    admin = AIOKafkaAdminClient(**settings.kafka_options())  # type: ignore[arg-type]
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = {settings.topic(n): n for n in names}
+        missing = [
+            NewTopic(full, settings.partitions, settings.replication,
+                     topic_configs=({"cleanup.policy": "compact"} if short in COMPACTED
+                                    else {"retention.ms": str(settings.retention_ms)}))
+            for full, short in wanted.items() if full not in existing
+        ]
+        created: list[str] = []
+        if missing:
+            resp = await admin.create_topics(missing)
+            for topic, code, *_ in resp.topic_errors:  # type: ignore[attr-defined]
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    raise RuntimeError(f"cannot create topic {topic}: error code {code}")
+                if code == 0:
+                    created.append(topic)
+        present = [t for t in wanted if t in existing]
+        if present:
+            meta = await admin.describe_topics(present)
+            for t in meta:
+                n = len(t["partitions"])
+                if n < settings.partitions:
+                    raise RuntimeError(f"topic {t['topic']} has {n} partitions, fewer than "
+                                       f"HEADWATER_PARTITIONS={settings.partitions}")
+        if created:
+            log.info("created topics: %s", ", ".join(created))
+        return created
+    finally:
+        await admin.close()
