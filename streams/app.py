@@ -80,7 +80,9 @@ def create_app(settings: Settings) -> HeadwaterApp:
 
     @app.page("/metrics")
     async def metrics(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp refuses a charset inside content_type; Prometheus reads utf-8 anyway
+        return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0]
+                          + "; version=0.0.4")
 
     _ = metrics
     return app

@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+from typing import NoReturn
 
 import click
 from faust.cli import AppCommand, argument, option
@@ -27,6 +29,13 @@ __all__ = ["local_kafka", "main"]
 def local_kafka(settings: Settings) -> LocalKafka:
     """The local broker that `settings` describe."""
     return LocalKafka(settings.kafka_home, settings.kafka_port, settings.kafka_controller_port)
+
+
+def fail(message: str) -> NoReturn:
+    """One error line on stderr and exit status 1 (no traceback for operator errors)."""
+    sys.stdout.flush()
+    print(f"headwater: {message}", file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def register_commands(app: HeadwaterApp) -> None:
@@ -47,7 +56,7 @@ def register_commands(app: HeadwaterApp) -> None:
             else:
                 print(node.status())
         except BrokerError as exc:
-            raise click.ClickException(str(exc)) from exc
+            fail(str(exc))
 
     @app.command(
         argument("dataset", type=click.Choice(["shuttle"])),
@@ -109,10 +118,15 @@ def register_commands(app: HeadwaterApp) -> None:
         """Follow the predictions topic: live count, rate, latency and samples."""
         from streams.watch import watch_predictions
 
-        s = await watch_predictions(settings, since_ms=since_ms, expect=expect, idle=idle,
-                                    samples=samples)
+        from streams.watch import WatchError
+
+        try:
+            s = await watch_predictions(settings, since_ms=since_ms, expect=expect, idle=idle,
+                                        samples=samples)
+        except WatchError as exc:
+            fail(str(exc))
         if expect is not None and s.count < expect:
-            raise click.ClickException(f"saw {s.count} predictions, expected {expect}")
+            fail(f"saw {s.count} predictions, expected {expect}")
 
     _ = (kafka, train, produce, watch)
 

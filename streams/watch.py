@@ -7,6 +7,7 @@ predictions, or `idle` seconds without any).
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.settings import Settings
 
-__all__ = ["WatchSummary", "watch_predictions"]
+__all__ = ["WatchError", "WatchSummary", "watch_predictions"]
 
 
 @dataclass
@@ -55,8 +56,8 @@ async def watch_predictions(settings: Settings, *, since_ms: int | None = None,
     await consumer.start()
     summary = WatchSummary()
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic)
-                                                          or await _partitions(consumer, topic))]
+        parts = [TopicPartition(topic, p)
+                 for p in sorted(await _partitions(consumer, topic, wait=idle))]
         consumer.assign(parts)
         if since_ms is None:
             await consumer.seek_to_end(*parts)
@@ -89,12 +90,23 @@ async def watch_predictions(settings: Settings, *, since_ms: int | None = None,
     return summary
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
-    parts = consumer.partitions_for_topic(topic)
-    if not parts:
-        raise RuntimeError(f"topic {topic} does not exist (is the worker running?)")
-    return set(parts)
+async def _partitions(consumer: AIOKafkaConsumer, topic: str, wait: float) -> set[int]:
+    """The topic's partitions, waiting up to `wait` seconds for a worker to create it."""
+    deadline = time.monotonic() + wait
+    while True:
+        # aiokafka has no public call that refreshes and returns one topic's partitions
+        cluster = await consumer._client.fetch_all_metadata()
+        parts = cluster.partitions_for_topic(topic)
+        if parts:
+            return set(parts)
+        if time.monotonic() > deadline:
+            raise WatchError(f"topic {topic} does not exist (is the worker running?)")
+        await asyncio.sleep(0.2)
+
+
+class WatchError(RuntimeError):
+    """The predictions topic could not be followed."""
+
 
 
 def _take(summary: WatchSummary, value: bytes | None, ts: int, samples: int,
@@ -110,4 +122,4 @@ def _take(summary: WatchSummary, value: bytes | None, ts: int, samples: int,
         summary.latencies_ms.append(int(p["predict_time"]) - int(p["source_time"]))
     if len(summary.samples) < samples:
         summary.samples.append(p)
-        out.write("\rsample: " + orjson.dumps(p).decode() + "\n")
+        out.write("\r\033[Ksample: " + orjson.dumps(p).decode() + "\n")

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# README command 1, the main job: install what is needed, start a local Kafka, train the
+# sensor model, start the worker, replay NASA's shuttle sensor readings into
+# sensor-events, and watch predictions arrive (count, rate, latency, samples); then stop
+# the worker, and the broker if this script started it.
+#   DEMO_EVENTS  events to replay (default: all 49,097)
+#   DEMO_RATE    events/s (default 10000; 0 = as fast as possible)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+bash "$ROOT/ops/bootstrap.sh"
+cd "$ROOT"
+hw="$HEADWATER_VENV/bin/headwater"
+export HEADWATER_TOPIC_PREFIX="${HEADWATER_TOPIC_PREFIX-demo-}"
+export HEADWATER_APP_ID="${HEADWATER_APP_ID:-headwater-demo}"
+events="${DEMO_EVENTS:-49097}"
+rate="${DEMO_RATE:-10000}"
+mkdir -p .cache
+
+started_kafka=0
+if ! "$hw" kafka status 2>/dev/null | grep -q "kafka running"; then
+  "$hw" kafka start 2>/dev/null
+  started_kafka=1
+fi
+"$hw" train shuttle 2>/dev/null
+
+log=.cache/demo-worker.log
+echo "worker log: $log   metrics: http://127.0.0.1:${HEADWATER_WEB_PORT:-6066}/metrics"
+"$hw" worker -l info >"$log" 2>&1 &
+worker=$!
+cleanup() {
+  kill -TERM "$worker" 2>/dev/null && wait "$worker" 2>/dev/null || true
+  if [ "$started_kafka" = 1 ]; then "$hw" kafka stop 2>/dev/null; fi
+}
+trap cleanup EXIT
+
+since=$(( $(date +%s%N) / 1000000 ))
+"$hw" produce shuttle --limit "$events" --rate "$rate" 2>/dev/null &
+producer=$!
+"$hw" watch --since-ms "$since" --expect "$events" --idle 60 2>/dev/null
+wait "$producer"
+dead=$(curl -sf "http://127.0.0.1:${HEADWATER_WEB_PORT:-6066}/metrics" |
+       awk '/^headwater_dead_letters_total/ {s += $2} END {print s + 0}' || echo "?")
+echo "dead letters: $dead (bad input goes to ${HEADWATER_TOPIC_PREFIX}dead-letters)"
+echo "demo done: worker and broker stop now"
