@@ -119,6 +119,8 @@ def decode_sensor_json(value: bytes | None) -> SensorEvent | Rejected:
     t = d.get("event_time")
     if t is None:
         return Rejected("missing-field", "event_time")
+    if type(t) is float and t.is_integer():
+        t = int(t)  # JSON Schema counts 5.0 as an integer
     if type(t) is not int:
         return Rejected("wrong-type", f"event_time: expected integer ms, got {type(t).__name__}")
     if not 0 <= t <= MAX_TIME:

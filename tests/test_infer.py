@@ -1,0 +1,59 @@
+"""The infer step without a broker: predictions in input order, unscorable rows dead-lettered."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import torch
+
+from models.datasets import shuttle
+from models.features import sensor_features
+from models.inference import BatchScorer
+from models.registry import Registry
+from streams.agents import _chunks, _infer_batch
+from streams.settings import Settings
+from tests.fakes import RecordingOutbox
+
+
+def feature_table(n: int) -> pa.Table:
+    events = shuttle(limit=n).drop_columns(["label"])
+    events = events.append_column("source_time", pa.array([1] * n, pa.int64()))
+    events = events.append_column("source_offset", pa.array(range(n), pa.int64()))
+    events = events.append_column("ingest_time", pa.array([2] * n, pa.int64()))
+    out, _ = sensor_features(events.combine_chunks().to_batches()[0], {}, 8)
+    t = pa.Table.from_batches([out])
+    return t.append_column("source_partition", pa.array([3] * n, pa.int32()))
+
+
+def test_predictions_keep_input_order_and_bad_rows_go_to_dead_letters(
+        registry_dir: Path) -> None:
+    model = Registry(registry_dir).load("shuttle")
+    t = feature_table(50)
+    broken = t.column("f3.mean").to_pylist()
+    broken[7] = None
+    t = t.set_column(t.schema.get_field_index("f3.mean"), "f3.mean", pa.array(broken))
+    outbox = RecordingOutbox()
+    s = Settings(topic_prefix="x-")
+
+    async def run() -> None:
+        await _infer_batch(t, model, BatchScorer(model.module, torch.device("cpu")),
+                           outbox, s)  # type: ignore[arg-type]
+
+    asyncio.run(run())
+    ids = [orjson.loads(v)["event_id"] for _, v, _ in outbox.sent]
+    want = [e for i, e in enumerate(t.column("event_id").to_pylist()) if i != 7]
+    assert ids == want
+    assert [(a, r.reason, p, o) for a, r, p, o in outbox.dead] == [
+        ("infer", "missing-feature", 3, 7)]
+    assert {topic for topic, _, _ in outbox.sent} == {"x-predictions"}
+
+
+def test_micro_batches_merge_small_and_split_large() -> None:
+    t = feature_table(10)
+    pieces = _chunks([t.slice(0, 3), t.slice(3, 0), t.slice(3, 7)], max_rows=4)
+    assert [p.num_rows for p in pieces] == [4, 4, 2]
+    assert pa.concat_tables(pieces).column("event_id").to_pylist() == \
+        t.column("event_id").to_pylist()

@@ -1,0 +1,155 @@
+"""One event's whole journey on the real broker: sensor-events to predictions.
+
+10,000 shuttle events with 100 malformed messages mixed in: exactly 10,000 predictions,
+one per event id, and exactly 100 dead letters naming their offsets and reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+import urllib.request
+
+import orjson
+import pyarrow as pa
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from models.datasets import shuttle
+from schemas.codec import write_ipc
+from schemas.events import ARROW
+from streams.produce import sensor_json
+from streams.settings import Settings
+from tests.conftest import Worker
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+GOOD = 10_000
+JSON_H = [("content-type", b"application/json"), ("schema", b"sensor-event.v1")]
+
+
+def malformed(i: int) -> tuple[bytes | None, list[tuple[str, bytes]], str]:
+    """The i-th bad message: value, headers, and the reason the worker must give."""
+    ok = {"event_id": f"bad-{i}", "sensor_id": "shuttle-0", "event_time": 1,
+          "readings": {"f1": 1.0}}
+    arrow_nan = pa.table({"event_id": [f"bad-{i}"], "sensor_id": ["shuttle-0"],
+                          "event_time": pa.array([1], pa.int64()),
+                          "readings.f1": [math.nan]})
+    arrow_h = [("content-type", ARROW.encode()), ("schema", b"sensor-event.v1")]
+    cases: list[tuple[bytes | None, list[tuple[str, bytes]], str]] = [
+        (b"{not json", JSON_H, "not-json"),
+        (b"", JSON_H, "empty-value"),
+        (None, JSON_H, "empty-value"),
+        (b"[1, 2]", JSON_H, "not-an-object"),
+        (orjson.dumps({k: v for k, v in ok.items() if k != "sensor_id"}), JSON_H,
+         "missing-field"),
+        (orjson.dumps({**ok, "event_time": "yesterday"}), JSON_H, "wrong-type"),
+        (orjson.dumps({**ok, "readings": {"f1": "hot"}}), JSON_H, "wrong-type"),
+        (b'{"event_id":"x","sensor_id":"s","event_time":1,"readings":{"f1":NaN}}', JSON_H,
+         "not-json"),
+        (orjson.dumps(ok), [("content-type", b"application/json"),
+                            ("schema", b"sensor-event.v9")], "unknown-schema"),
+        (write_ipc(arrow_nan), arrow_h, "non-finite"),
+        (write_ipc(arrow_nan)[:40], arrow_h, "bad-arrow"),
+    ]
+    return cases[i % len(cases)]
+
+
+async def produce_mixed(s: Settings) -> dict[tuple[int, int], str]:
+    """Send the good events and the bad messages interleaved; return bad (partition, offset)."""
+    events = shuttle(limit=GOOD, sensors=4)
+    values = sensor_json(events)
+    keys = events.column("sensor_id").to_pylist()
+    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=5)
+    await producer.start()
+    bad: dict[tuple[int, int], str] = {}
+    try:
+        futures = []
+        for i, (k, v) in enumerate(zip(keys, values, strict=True)):
+            futures.append(await producer.send(s.topic("sensor-events"), v, key=k.encode(),
+                                               headers=JSON_H))
+            if i % 100 == 50:
+                value, headers, reason = malformed(i // 100)
+                meta = await (await producer.send(s.topic("sensor-events"), value,
+                                                  key=k.encode(), headers=headers))
+                bad[(meta.partition, meta.offset)] = reason
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return bad
+
+
+async def read_all(s: Settings, topic: str) -> list[tuple[int, int, bytes]]:
+    """Every message now in `topic`: (partition, offset, value)."""
+    c = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False)
+    await c.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(s.partitions)]
+        c.assign(parts)
+        await c.seek_to_beginning(*parts)
+        end = await c.end_offsets(parts)
+        out: list[tuple[int, int, bytes]] = []
+        while [tp for tp in parts if await c.position(tp) < end[tp]]:
+            for tp, recs in (await c.getmany(timeout_ms=500)).items():
+                out += [(tp.partition, r.offset, r.value) for r in recs]
+        return out
+    finally:
+        await c.stop()
+
+
+async def caught_up(s: Settings) -> bool:
+    """True when ingest, featurize and infer have committed everything in their inputs."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap)
+    c = AIOKafkaConsumer(bootstrap_servers=s.bootstrap)
+    await admin.start()
+    await c.start()
+    try:
+        for group, topic in [(f"{s.app_id}-ingest", "sensor-events"),
+                             (s.app_id, "sensor-batches"), (s.app_id, "features")]:
+            parts = [TopicPartition(s.topic(topic), p) for p in range(s.partitions)]
+            end = await c.end_offsets(parts)
+            done = await admin.list_consumer_group_offsets(group)
+            for tp in parts:
+                committed = done[tp].offset if tp in done else 0
+                if committed < end[tp]:
+                    return False
+        return True
+    finally:
+        await c.stop()
+        await admin.close()
+
+
+def test_events_become_predictions_and_bad_input_dead_letters(settings: Settings,
+                                                              worker: Worker) -> None:
+    s = settings
+    bad = asyncio.run(produce_mixed(s))
+    assert len(bad) == 100
+
+    wait_for(lambda: asyncio.run(caught_up(s)), 120, "the worker to commit every input")
+
+    predictions = [orjson.loads(v) for _, _, v in asyncio.run(read_all(s, s.topic("predictions")))]
+    ids = [p["event_id"] for p in predictions]
+    assert len(ids) == GOOD
+    assert set(ids) == set(shuttle(limit=GOOD).column("event_id").to_pylist())
+    assert all(0.0 <= p["probability"] <= 1.0 for p in predictions)
+    assert {p["model_version"] for p in predictions} == {1}
+    assert all(p["predict_time"] >= p["ingest_time"] >= p["source_time"] for p in predictions)
+
+    letters = [orjson.loads(v) for _, _, v in asyncio.run(read_all(s, s.topic("dead-letters")))]
+    assert len(letters) == 100
+    got = {(d["source_partition"], d["source_offset"]): d["reason"] for d in letters}
+    assert got == bad
+    assert all(d["source_topic"] == s.topic("sensor-events") and d["agent"] == "ingest"
+               for d in letters)
+    empty = [d for d in letters if d["reason"] == "empty-value"]
+    assert all(base64.b64decode(d["raw_b64"]) == b"" for d in empty)
+
+    assert worker.running()
+    url = f"http://127.0.0.1:{s.web_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    counted = sum(float(line.split()[-1]) for line in text.splitlines()
+                  if line.startswith("headwater_dead_letters_total{"))
+    assert counted == 100
