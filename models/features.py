@@ -45,21 +45,29 @@ def feature_names(readings: Sequence[str]) -> list[str]:
     return [f"{r}.{f}" for r in sorted(readings) for f in FEATURES]
 
 
-def _reading_features(history: list[float], values: np.ndarray, window: int
-                      ) -> tuple[np.ndarray, list[float]]:
-    """Features for one sensor's new values of one reading, and the history to keep."""
-    k = len(values)
-    h = np.asarray(history, dtype=np.float64)
-    series = np.concatenate([h, values])
-    prev = np.concatenate([[np.nan], series[:-1]])[len(h):]
-    delta = np.where(np.isnan(prev), 0.0, values - prev)
-    padded = np.concatenate([np.full(window - 1, np.nan), series])
-    windows = sliding_window_view(padded, window)[-k:]
-    count = np.sum(~np.isnan(windows), axis=1)
-    mean = np.nansum(windows, axis=1) / count
-    std = np.sqrt(np.nansum((windows - mean[:, None]) ** 2, axis=1) / count)
-    out = np.stack([values, delta, mean, std], axis=1)
-    return out, series[-(window - 1):].tolist()
+def _features(history: np.ndarray, values: np.ndarray, window: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Features of one sensor's new values, for several readings at once.
+
+    `history` (h x R) and `values` (k x R) hold no NaN. Returns the features
+    (k x R x 4: last, delta, mean, std) and the last `window - 1` rows to keep.
+    """
+    k, r = values.shape
+    h = len(history)
+    series = np.concatenate([history, values])
+    prev = series[h - 1:-1] if h else np.concatenate([values[:1], values[:-1]])
+    delta = values - prev
+    if h >= window - 1:  # a full window behind every new value: no padding needed
+        windows = sliding_window_view(series[h - window + 1:], window, axis=0)
+        mean = windows.sum(axis=2) / window
+        std = np.sqrt(((windows - mean[:, :, None]) ** 2).sum(axis=2) / window)
+    else:
+        padded = np.concatenate([np.full((window - 1, r), np.nan), series])
+        windows = sliding_window_view(padded, window, axis=0)[-k:]  # k x R x window
+        count = np.sum(~np.isnan(windows), axis=2)
+        mean = np.nansum(windows, axis=2) / count
+        std = np.sqrt(np.nansum((windows - mean[:, :, None]) ** 2, axis=2) / count)
+    return np.stack([values, delta, mean, std], axis=2), series[-(window - 1):]
 
 
 def sensor_features(batch: pa.RecordBatch, states: Mapping[str, SensorState], window: int
@@ -73,8 +81,9 @@ def sensor_features(batch: pa.RecordBatch, states: Mapping[str, SensorState], wi
                       if n.startswith(READING_PREFIX))
     n = batch.num_rows
     sensors = batch.column("sensor_id").to_numpy(zero_copy_only=False)
-    values = {r: batch.column(READING_PREFIX + r).to_numpy(zero_copy_only=False)
-              .astype(np.float64) for r in readings}
+    matrix = np.column_stack(
+        [batch.column(READING_PREFIX + r).to_numpy(zero_copy_only=False).astype(np.float64)
+         for r in readings]) if readings else np.zeros((n, 0))
     out = np.full((n, len(readings) * len(FEATURES)), np.nan)
     new_states: dict[str, SensorState] = {}
     keys, inverse = np.unique(sensors, return_inverse=True)
@@ -85,13 +94,22 @@ def sensor_features(batch: pa.RecordBatch, states: Mapping[str, SensorState], wi
         rows = order[start:bounds[g]]
         start = bounds[g]
         state = {r: list(v) for r, v in states.get(key, {}).items()}
-        for j, r in enumerate(readings):
-            v = values[r][rows]
-            present = ~np.isnan(v)
-            if not present.any():
-                continue
-            feats, state[r] = _reading_features(state.get(r, []), v[present], window)
-            out[rows[present], j * 4:(j + 1) * 4] = feats
+        block = matrix[rows]
+        lengths = {len(state.get(r, [])) for r in readings}
+        if len(lengths) == 1 and not np.isnan(block).any():  # every reading in every row
+            hist = np.array([state.get(r, []) for r in readings]).reshape(len(readings), -1).T
+            feats, keep = _features(hist, block, window)
+            out[rows] = feats.reshape(len(rows), -1)
+            state = {r: keep[:, j].tolist() for j, r in enumerate(readings)}
+        else:  # readings missing from some rows: each reading over the rows that have it
+            for j, r in enumerate(readings):
+                present = ~np.isnan(block[:, j])
+                if not present.any():
+                    continue
+                hist = np.array(state.get(r, []), dtype=np.float64).reshape(-1, 1)
+                feats, keep = _features(hist, block[present, j:j + 1], window)
+                out[rows[present], j * 4:(j + 1) * 4] = feats.reshape(-1, 4)
+                state[r] = keep[:, 0].tolist()
         new_states[str(key)] = state
     cols: dict[str, pa.Array] = {c: batch.column(c) for c in PASS_THROUGH
                                  if c in batch.schema.names}

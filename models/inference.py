@@ -20,8 +20,14 @@ __all__ = ["BatchScorer", "pick_device"]
 log = logging.getLogger(__name__)
 
 
-def pick_device(setting: str = "auto") -> torch.device:
-    """`cuda` when available and not overridden, else CPU; chosen once and logged."""
+def pick_device(setting: str = "auto", cpu_threads: int | None = None) -> torch.device:
+    """`cuda` when available and not overridden, else CPU; chosen once and logged.
+
+    `cpu_threads` caps PyTorch's intra-op threads: a worker shares its cores with the
+    event loop and often the broker, and small batches gain nothing from more threads.
+    """
+    if cpu_threads is not None:
+        torch.set_num_threads(cpu_threads)
     if setting == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:

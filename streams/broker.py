@@ -76,6 +76,8 @@ class LocalKafka:
 
     def resolve(self) -> None:
         """Copy the pinned broker's runtime jars from Maven Central into `lib/`, once."""
+        if not POM.exists():
+            raise BrokerError(f"{POM} not found: run `headwater kafka` from a headwater checkout")
         marker = self.lib / ".resolved"
         if marker.exists() and marker.read_text() == POM.read_text():
             return

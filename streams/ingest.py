@@ -4,7 +4,9 @@ Reads `sensor-events` with aiokafka in batches (`getmany`), decodes with our own
 and writes one Arrow IPC message per source partition and poll to `sensor-batches`,
 partition p to partition p. Source offsets are committed only after every batch and
 dead letter of the poll is acknowledged by the broker (at-least-once: a crash between
-the two replays the poll).
+the two replays the poll). Polls are pipelined: a committer task waits for each poll's
+deliveries and commits its offsets, in order, while the next polls are decoded; at most
+`MAX_IN_FLIGHT` polls are outstanding, and a rebalance waits for them all.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import logging
 import time
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from mode import Service
 
 from schemas.codec import Rejected, SensorBatchBuilder, write_ipc
@@ -25,6 +27,9 @@ from streams.settings import Settings
 __all__ = ["Ingest"]
 
 log = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 4
+Offsets = dict[TopicPartition, int]
 
 BATCH_HEADERS = [("content-type", ARROW.encode()), ("schema", b"sensor-event.v1")]
 
@@ -40,20 +45,40 @@ class Ingest(Service):
         self.target = settings.topic("sensor-batches")
         self.consumer: AIOKafkaConsumer | None = None
         self.events = 0
+        self._in_flight: asyncio.Queue[tuple[list[asyncio.Future[object]], Offsets]] = \
+            asyncio.Queue(MAX_IN_FLIGHT)
 
     async def on_start(self) -> None:
         s = self.settings
         self.consumer = AIOKafkaConsumer(
-            self.source, **s.kafka_options(),  # type: ignore[arg-type]
+            **s.kafka_options(),  # type: ignore[arg-type]
             group_id=f"{s.app_id}-ingest", enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(s.session_timeout_ms // 5, 500),
             max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=16 * 1024 * 1024)
+        self.consumer.subscribe([self.source], listener=_DrainOnRevoke(self._in_flight))
         await self.consumer.start()
 
     async def on_stop(self) -> None:
         if self.consumer is not None:
+            try:  # commit what was sent; what is not acknowledged in time is replayed
+                await asyncio.wait_for(self._in_flight.join(), 30)
+            except TimeoutError:
+                log.warning("ingest: stopped with unacknowledged batches; they will be replayed")
             await self.consumer.stop()
+
+    @Service.task
+    async def _commit(self) -> None:
+        """Commit each poll's offsets once all its messages are acknowledged, in order."""
+        assert self.consumer is not None
+        while True:  # cancelled when the service stops, after on_stop has drained the queue
+            futures, offsets = await self._in_flight.get()
+            try:
+                if futures:
+                    await asyncio.gather(*futures)
+                await self.consumer.commit(offsets)
+            finally:
+                self._in_flight.task_done()
 
     @Service.task
     async def _run(self) -> None:
@@ -75,16 +100,21 @@ class Ingest(Service):
         for tp, records in polled.items():
             builder = SensorBatchBuilder()
             ingest_time = now_ms()
-            for rec in records:
-                try:
-                    bad = builder.add(rec.value, rec.headers, rec.offset, rec.timestamp,
-                                      ingest_time)
-                except Exception as exc:  # a codec bug must not stop the stream
-                    bad = Rejected("decode-error", repr(exc)[:300])
-                for r in ([bad] if isinstance(bad, Rejected) else bad or []):
-                    pending.append(await self.outbox.dead_letter(
-                        "ingest", r, topic=tp.topic, partition=tp.partition,
-                        offset=rec.offset, key=rec.key, raw=rec.value))
+            try:
+                rejected = builder.add_records(records, ingest_time)
+            except Exception:  # a codec bug must not stop the stream: go one by one
+                log.exception("ingest: decoding a poll failed; retrying message by message")
+                builder, rejected = SensorBatchBuilder(), []
+                for i, rec in enumerate(records):
+                    try:
+                        rejected += [(i, r) for _, r in builder.add_records([rec], ingest_time)]
+                    except Exception as exc:
+                        rejected.append((i, Rejected("decode-error", repr(exc)[:300])))
+            for i, r in rejected:
+                rec = records[i]
+                pending.append(await self.outbox.dead_letter(
+                    "ingest", r, topic=tp.topic, partition=tp.partition, offset=rec.offset,
+                    key=rec.key, raw=rec.value))
             if len(builder):
                 batch = builder.build()
                 pending.append(await self.outbox.send(
@@ -94,7 +124,19 @@ class Ingest(Service):
                 BATCH_ROWS.labels("ingest").observe(batch.num_rows)
                 self.events += batch.num_rows
             offsets[tp] = records[-1].offset + 1
-        if pending:
-            await asyncio.gather(*pending)
-        await self.consumer.commit(offsets)
         STAGE_SECONDS.labels("ingest").observe(time.perf_counter() - started)
+        await self._in_flight.put((pending, offsets))  # waits while MAX_IN_FLIGHT are out
+
+
+class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Before partitions move to another worker, commit everything already sent."""
+
+    def __init__(self, in_flight: asyncio.Queue[tuple[list[asyncio.Future[object]], Offsets]]
+                 ) -> None:
+        self.in_flight = in_flight
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.in_flight.join()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        pass

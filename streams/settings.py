@@ -21,6 +21,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 __all__ = ["TOPICS", "Settings"]
 
 _ROOT = Path(__file__).resolve().parent.parent
+#: state lives in the checkout's git-ignored .cache/, or in ~/.cache/headwater when installed
+_CACHE = (_ROOT / ".cache" if (_ROOT / "pyproject.toml").exists()
+          else Path.home() / ".cache" / "headwater")
 
 #: Every topic headwater uses (DESIGN.md §2), before the prefix.
 TOPICS = (
@@ -61,7 +64,7 @@ class Settings(BaseSettings):
     app_id: str = Field("headwater", description="Faust app id and consumer group prefix")
     web_host: str = Field("127.0.0.1", description="Worker web server bind address")
     web_port: int = Field(6066, description="Worker web server port (/metrics)")
-    data_dir: Path = Field(_ROOT / ".cache" / "worker", description="Worker state directory")
+    data_dir: Path = Field(_CACHE / "worker", description="Worker state directory")
     ingest_max_records: int = Field(4096, ge=1, description="Events per ingest batch, at most")
     ingest_max_wait_ms: int = Field(20, ge=0, description="Longest ingest poll wait")
     feature_window: int = Field(8, ge=2, description="Events in the rolling mean/std window")
@@ -72,12 +75,13 @@ class Settings(BaseSettings):
     dead_letter_max_raw: int = Field(65536, description="Raw bytes kept in a dead letter")
 
     # -- models -------------------------------------------------------------------
-    registry_dir: Path = Field(_ROOT / ".cache" / "registry", description="Model registry")
+    registry_dir: Path = Field(_CACHE / "registry", description="Model registry")
     sensor_model: str = Field("shuttle", description="Registry name of the sensor model")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    torch_threads: int = Field(1, ge=1, description="PyTorch CPU threads in the worker")
 
     # -- local broker (ops/) --------------------------------------------------------
-    kafka_home: Path = Field(_ROOT / ".cache" / "kafka", description="Local broker files")
+    kafka_home: Path = Field(_CACHE / "kafka", description="Local broker files")
     kafka_port: int = Field(9092, description="Local broker port")
     kafka_controller_port: int = Field(9093, description="Local KRaft controller port")
 

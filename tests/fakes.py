@@ -38,3 +38,14 @@ class RecordingOutbox:
                           ) -> asyncio.Future[object]:
         self.dead.append((agent, rejected, partition, offset))
         return _done()
+
+
+@dataclass
+class FakeRecord:
+    """A consumed message as schemas.codec.Record reads it."""
+
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    offset: int
+    timestamp: int | None = None
+    key: bytes | None = None

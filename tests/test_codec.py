@@ -118,3 +118,24 @@ def test_codec_agrees_with_the_json_schema(doc: object) -> None:
     validator = Draft202012Validator(json_schema("sensor-event.v1"))
     got = decode_sensor_json(orjson.dumps(doc))
     assert isinstance(got, SensorEvent) == validator.is_valid(doc), (doc, got)
+
+
+def test_add_records_matches_add_one_by_one() -> None:
+    """The inlined hot loop accepts and rejects exactly what `add` does, in order."""
+    from tests.fakes import FakeRecord
+
+    h = [("content-type", b"application/json"), ("schema", b"sensor-event.v1")]
+    values = [orjson.dumps({**GOOD, "event_id": f"e{i}", "readings": {"t": i, "u": 0.5}})
+              for i in range(6)]
+    values[2] = b"{broken"
+    values[4] = orjson.dumps({**GOOD, "readings": {"t": True}})
+    records = [FakeRecord(v, h, i, 100 + i) for i, v in enumerate(values)]
+    records.append(FakeRecord(orjson.dumps(GOOD), [("schema", b"sensor-event.v7")], 6))
+    many = SensorBatchBuilder()
+    rejected = many.add_records(records, 5)
+    one = SensorBatchBuilder()
+    singles = [(i, one.add(r.value, r.headers, r.offset, r.timestamp, 5))
+               for i, r in enumerate(records)]
+    assert rejected == [(i, r) for i, r in singles if r is not None]
+    assert [i for i, _ in rejected] == [2, 4, 6]
+    assert many.build().equals(one.build())
