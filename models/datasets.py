@@ -10,7 +10,7 @@ simulated sensors so that the stream spreads over partitions.
 >>> t.column("sensor_id").to_pylist()
 ['shuttle-0', 'shuttle-1', 'shuttle-0', 'shuttle-1', 'shuttle-0']
 >>> t.column("label").to_pylist()
-[1, 0, 0, 0, 0]
+[1, 0, 0, 0, 1]
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ __all__ = ["SensorMLP"]
 class SensorMLP(nn.Module):
     """Binary classifier: features -> one logit per row."""
 
+    mean: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, n_features: int, hidden: tuple[int, ...] = (32, 32),
                  dropout: float = 0.1) -> None:
         super().__init__()

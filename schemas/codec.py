@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 from operator import itemgetter
+from typing import Protocol
 
 import numpy as np
 import orjson
@@ -110,7 +110,8 @@ def decode_sensor_json(value: bytes | None) -> SensorEvent | Rejected:
 
     >>> decode_sensor_json(b'{"event_id":"e","sensor_id":"s","event_time":1,"readings":{"x":1}}')
     SensorEvent(event_id='e', sensor_id='s', event_time=1, readings={'x': 1})
-    >>> decode_sensor_json(b'{"event_id":"e","sensor_id":"s","event_time":1,"readings":{"x":NaN}}').reason
+    >>> bad = b'{"event_id":"e","sensor_id":"s","event_time":1,"readings":{"x":NaN}}'
+    >>> decode_sensor_json(bad).reason
     'not-json'
     >>> decode_sensor_json(b'{"event_id":"e","sensor_id":"s","event_time":true,"readings":{"x":1}}')
     Rejected(reason='wrong-type', detail='event_time: expected integer ms, got bool', row=None)

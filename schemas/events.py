@@ -63,7 +63,8 @@ class _Message:
         return schema_id(cls.schema_name, cls.schema_version)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]  # every subclass is a dataclass
+        d: dict[str, Any] = asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
+        return d
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict())

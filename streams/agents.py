@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable
 from typing import Any
 
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-from faust import App, Stream
+from faust import App
+from faust.types import StreamT
 
 from models.features import sensor_features
 from models.inference import BatchScorer, pick_device
@@ -103,7 +104,7 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> None:
                                  offset=msg.offset, key=msg.key, raw=msg.value)
 
     @app.agent(batches, name="featurize")
-    async def featurize(stream: Stream[bytes]) -> AsyncIterator[None]:
+    async def featurize(stream: StreamT[bytes]) -> AsyncIterable[None]:
         async for event in stream.events():
             msg = event.message
             started = time.perf_counter()
@@ -140,10 +141,11 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> None:
         return loaded["model"], loaded["scorer"]
 
     @app.agent(features, name="infer")
-    async def infer(stream: Stream[bytes]) -> AsyncIterator[None]:
+    async def infer(stream: StreamT[bytes]) -> AsyncIterable[None]:
         max_msgs = max(1, settings.infer_max_rows // 256)
-        async for events in stream.take_events(max_msgs, within=settings.infer_max_wait_ms
-                                               / 1000):
+        within = settings.infer_max_wait_ms / 1000
+        # take_events is faust-streaming's own addition, missing from the StreamT protocol
+        async for events in stream.take_events(max_msgs, within):  # type: ignore[attr-defined]
             model, score = scorer()
             tables = []
             for event in events:

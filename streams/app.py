@@ -53,7 +53,7 @@ def create_app(settings: Settings) -> HeadwaterApp:
         creds = faust.SASLCredentials(
             username=settings.sasl_username,
             password=settings.sasl_password.get_secret_value() if settings.sasl_password else "",
-            mechanism="SCRAM-SHA-512", ssl_context=settings.kafka_options().get("ssl_context"))
+            mechanism="SCRAM-SHA-512", ssl_context=settings.ssl_context())
     app = HeadwaterApp(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",

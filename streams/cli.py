@@ -116,9 +116,7 @@ def register_commands(app: HeadwaterApp) -> None:
     async def watch(self: AppCommand, since_ms: int | None, expect: int | None, idle: float,
                     samples: int) -> None:
         """Follow the predictions topic: live count, rate, latency and samples."""
-        from streams.watch import watch_predictions
-
-        from streams.watch import WatchError
+        from streams.watch import WatchError, watch_predictions
 
         try:
             s = await watch_predictions(settings, since_ms=since_ms, expect=expect, idle=idle,

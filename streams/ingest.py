@@ -51,7 +51,7 @@ class Ingest(Service):
     async def on_start(self) -> None:
         s = self.settings
         self.consumer = AIOKafkaConsumer(
-            **s.kafka_options(),  # type: ignore[arg-type]
+            **s.kafka_options(),
             group_id=f"{s.app_id}-ingest", enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(s.session_timeout_ms // 5, 500),

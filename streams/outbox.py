@@ -12,6 +12,7 @@ import base64
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
@@ -54,7 +55,7 @@ class Outbox:
         if self._producer is not None:
             return
         self._producer = AIOKafkaProducer(
-            **self.settings.kafka_options(),  # type: ignore[arg-type]
+            **self.settings.kafka_options(),
             acks="all", enable_idempotence=True, linger_ms=self.settings.producer_linger_ms,
             max_batch_size=1024 * 1024, max_request_size=MAX_REQUEST)
         await self._producer.start()
@@ -86,7 +87,7 @@ class Outbox:
         """
         parts = await self.partitions(topic)
         where: dict[str, int] = {}
-        batches: dict[int, object] = {}
+        batches: dict[int, Any] = {}  # aiokafka BatchBuilder (untyped)
         futures: list[asyncio.Future[object]] = []
         ts = now_ms()
         for key, value in zip(keys, values, strict=True):
@@ -97,14 +98,12 @@ class Outbox:
             if batch is None:
                 batch = batches[p] = self.producer.create_batch()
             kb = key.encode()
-            if batch.append(key=kb, value=value, timestamp=ts,  # type: ignore[attr-defined]
-                            headers=headers) is None:
-                futures.append(await self.producer.send_batch(batch, topic, partition=p))  # type: ignore[arg-type]
+            if batch.append(key=kb, value=value, timestamp=ts, headers=headers) is None:
+                futures.append(await self.producer.send_batch(batch, topic, partition=p))
                 batch = batches[p] = self.producer.create_batch()
-                batch.append(key=kb, value=value, timestamp=ts,  # type: ignore[attr-defined]
-                             headers=headers)
+                batch.append(key=kb, value=value, timestamp=ts, headers=headers)
         for p, batch in batches.items():
-            futures.append(await self.producer.send_batch(batch, topic, partition=p))  # type: ignore[arg-type]
+            futures.append(await self.producer.send_batch(batch, topic, partition=p))
         return futures
 
     async def dead_letter(self, agent: str, rejected: Rejected, *, topic: str, partition: int,

@@ -48,7 +48,7 @@ def sensor_json(t: pa.Table) -> list[bytes]:
 
 async def produce_table(settings: Settings, table: pa.Table, topic: str, *, rate: float = 0,
                         fmt: str = "json", chunk: int = 2000,
-                        progress: Callable[[int], None] | None = None) -> int:
+                        progress: Callable[[int], object] | None = None) -> int:
     """Send every row of `table` (in its order) to `topic`; returns the number sent.
 
     `rate` is events per second (0: as fast as the broker takes them).

@@ -12,6 +12,7 @@ False
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Literal
 
@@ -89,15 +90,19 @@ class Settings(BaseSettings):
         """The full name of topic `name`, with the prefix."""
         return f"{self.topic_prefix}{name}"
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for the broker connection, or None on PLAINTEXT."""
+        if self.security_protocol == "PLAINTEXT":
+            return None
+        return ssl.create_default_context(
+            cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+
     def kafka_options(self) -> dict[str, object]:
         """Connection keyword arguments for aiokafka clients (security included)."""
         opts: dict[str, object] = {"bootstrap_servers": self.bootstrap,
                                    "security_protocol": self.security_protocol}
         if self.security_protocol != "PLAINTEXT":
-            from aiokafka.helpers import create_ssl_context
-
-            opts["ssl_context"] = create_ssl_context(
-                cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+            opts["ssl_context"] = self.ssl_context()
         if self.sasl_username:
             opts["sasl_mechanism"] = "SCRAM-SHA-512"
             opts["sasl_plain_username"] = self.sasl_username

@@ -22,7 +22,7 @@ async def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> 
     Existing topics are left as they are, but one with fewer partitions than configured
     is an error: partition p of an input maps to partition p of the internal topics.
     """
-    admin = AIOKafkaAdminClient(**settings.kafka_options())  # type: ignore[arg-type]
+    admin = AIOKafkaAdminClient(**settings.kafka_options())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -36,7 +36,7 @@ async def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> 
         created: list[str] = []
         if missing:
             resp = await admin.create_topics(missing)
-            for topic, code, *_ in resp.topic_errors:  # type: ignore[attr-defined]
+            for topic, code, *_ in resp.topic_errors:
                 if code not in (0, TopicAlreadyExistsError.errno):
                     raise RuntimeError(f"cannot create topic {topic}: error code {code}")
                 if code == 0:

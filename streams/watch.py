@@ -51,7 +51,7 @@ async def watch_predictions(settings: Settings, *, since_ms: int | None = None,
                             out: TextIO = sys.stdout) -> WatchSummary:
     """Read predictions produced from `since_ms` on (default: from now) and report them."""
     topic = settings.topic("predictions")
-    consumer = AIOKafkaConsumer(**settings.kafka_options(),  # type: ignore[arg-type]
+    consumer = AIOKafkaConsumer(**settings.kafka_options(),
                                 enable_auto_commit=False, group_id=None)
     await consumer.start()
     summary = WatchSummary()

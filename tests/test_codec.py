@@ -106,8 +106,8 @@ events = st.fixed_dictionaries(
      "sensor_id": st.text(max_size=3),
      "event_time": st.integers(-5, 2**45) | st.floats(-5, 2**45) | st.booleans(),
      "readings": st.dictionaries(st.from_regex(r"[a-z_]{1,3}", fullmatch=True) | st.text(
-         max_size=3), st.floats(allow_nan=False, allow_infinity=False) | st.integers(-2**63, 2**63 - 1)
-         | st.booleans() | st.text(max_size=2), max_size=3)},
+         max_size=3), st.floats(allow_nan=False, allow_infinity=False)
+         | st.integers(-2**63, 2**63 - 1) | st.booleans() | st.text(max_size=2), max_size=3)},
     optional={"extra": json_values})
 
 
