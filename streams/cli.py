@@ -5,12 +5,14 @@
     headwater produce shuttle            replay a dataset into sensor-events
     headwater watch                      follow predictions: count, rate, latency
     headwater worker -l info             run ingest, featurize and infer
+    headwater bench                      the end-to-end benchmark (bench/e2e.py)
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 import time
 from typing import NoReturn
@@ -20,7 +22,7 @@ from faust.cli import AppCommand, argument, option
 from tqdm import tqdm
 
 from streams.app import HeadwaterApp, create_app
-from streams.broker import BrokerError, LocalKafka
+from streams.broker import OPS_DIR, BrokerError, LocalKafka
 from streams.settings import Settings
 
 __all__ = ["local_kafka", "main"]
@@ -126,7 +128,22 @@ def register_commands(app: HeadwaterApp) -> None:
         if expect is not None and s.count < expect:
             fail(f"saw {s.count} predictions, expected {expect}")
 
-    _ = (kafka, train, produce, watch)
+    @app.command(
+        option("--events", type=int, default=200_000),
+        option("--repeat", type=int, default=3),
+        option("--formats", default="json,arrow"),
+    )
+    async def bench(self: AppCommand, events: int, repeat: int, formats: str) -> None:
+        """Run bench/e2e.py: the slice's events/s beside the raw aiokafka ceilings."""
+        script = OPS_DIR.parent / "bench" / "e2e.py"
+        if not script.exists():
+            fail(f"{script} not found: run `headwater bench` from a headwater checkout")
+        done = subprocess.run([sys.executable, str(script), "--events", str(events),
+                               "--repeat", str(repeat), "--formats", formats], check=False)
+        if done.returncode:
+            fail(f"bench failed with exit code {done.returncode}")
+
+    _ = (kafka, train, produce, watch, bench)
 
 
 def main() -> None:
