@@ -54,10 +54,15 @@ def events_table(n: int, sensors: int) -> pa.Table:
                                                   pa.int64()))
 
 
+def raw_consumer(s: Settings, topic: str) -> AIOKafkaConsumer:
+    """A plain aiokafka consumer in a fresh group, fetch sizes as ingest uses them."""
+    return AIOKafkaConsumer(topic, bootstrap_servers=s.bootstrap, group_id=f"raw-{uuid.uuid4()}",
+                            auto_offset_reset="earliest", enable_auto_commit=False,
+                            max_partition_fetch_bytes=4 << 20, fetch_max_bytes=16 << 20)
+
+
 async def consume_only(s: Settings, topic: str, n: int) -> float:
-    c = AIOKafkaConsumer(topic, bootstrap_servers=s.bootstrap, group_id=f"raw-{uuid.uuid4()}",
-                         auto_offset_reset="earliest", enable_auto_commit=False,
-                         max_partition_fetch_bytes=4 << 20, fetch_max_bytes=16 << 20)
+    c = raw_consumer(s, topic)
     await c.start()
     got, t0 = 0, None
     try:
@@ -73,9 +78,7 @@ async def consume_only(s: Settings, topic: str, n: int) -> float:
 
 
 async def pass_through(s: Settings, topic: str, out: str, n: int) -> float:
-    c = AIOKafkaConsumer(topic, bootstrap_servers=s.bootstrap, group_id=f"raw-{uuid.uuid4()}",
-                         auto_offset_reset="earliest", enable_auto_commit=False,
-                         max_partition_fetch_bytes=4 << 20, fetch_max_bytes=16 << 20)
+    c = raw_consumer(s, topic)
     p = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=5, acks="all",
                          max_batch_size=1 << 20)
     await c.start()
@@ -135,10 +138,7 @@ async def prediction_span(s: Settings, n: int, fmt: str, deadline: float,
 
 
 def run_worker(s: Settings, n: int, fmt: str, log: Path) -> float:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
-    for k, v in s.model_dump().items():
-        if v is not None:
-            env[f"HEADWATER_{k.upper()}"] = str(v)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")} | s.to_env()
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "-l", "warn"],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from numpy.lib.stride_tricks import sliding_window_view
 
 __all__ = ["FEATURE_SET", "FEATURES", "SensorState", "feature_names", "sensor_features"]
@@ -80,13 +81,14 @@ def sensor_features(batch: pa.RecordBatch, states: Mapping[str, SensorState], wi
     readings = sorted(n.removeprefix(READING_PREFIX) for n in batch.schema.names
                       if n.startswith(READING_PREFIX))
     n = batch.num_rows
-    sensors = batch.column("sensor_id").to_numpy(zero_copy_only=False)
+    encoded = pc.dictionary_encode(batch.column("sensor_id"))  # sensor -> small int, in C
     matrix = np.column_stack(
         [batch.column(READING_PREFIX + r).to_numpy(zero_copy_only=False).astype(np.float64)
          for r in readings]) if readings else np.zeros((n, 0))
     out = np.full((n, len(readings) * len(FEATURES)), np.nan)
     new_states: dict[str, SensorState] = {}
-    keys, inverse = np.unique(sensors, return_inverse=True)
+    keys = encoded.dictionary.to_pylist()
+    inverse = encoded.indices.to_numpy(zero_copy_only=False)
     order = np.argsort(inverse, kind="stable")
     bounds = np.cumsum(np.bincount(inverse, minlength=len(keys)))
     start = 0

@@ -122,15 +122,24 @@ def decode_sensor_json(value: bytes | None) -> SensorEvent | Rejected:
         d = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         return Rejected("not-json", str(exc))
-    if type(d) is dict and len(d) == 4:  # the common, valid case, checked in one go
-        e, s, t, r = d.get("event_id"), d.get("sensor_id"), d.get("event_time"), d.get("readings")
-        if (type(e) is str and 0 < len(e) <= MAX_ID and type(s) is str and 0 < len(s) <= MAX_ID
-                and type(t) is int and 0 <= t <= MAX_TIME and type(r) is dict
-                and 0 < len(r) <= MAX_READINGS and set(map(type, r.values())) <= _NUMBERS
-                and (r.keys() <= _GOOD_NAMES or _learn_names(r))):
-            # orjson refuses NaN, Infinity and out-of-range numbers: all values are finite
-            return SensorEvent(e, s, t, r)
+    fast = _fast_event(d)
+    if fast is not None:
+        return SensorEvent(*fast)
     return _explain(d)
+
+
+def _fast_event(d: object) -> tuple[str, str, int, dict[str, float]] | None:
+    """The common, valid case checked in one expression; None means "look closer"."""
+    if type(d) is not dict or len(d) != 4:
+        return None
+    e, s, t, r = d.get("event_id"), d.get("sensor_id"), d.get("event_time"), d.get("readings")
+    if (type(e) is str and 0 < len(e) <= MAX_ID and type(s) is str and 0 < len(s) <= MAX_ID
+            and type(t) is int and 0 <= t <= MAX_TIME and type(r) is dict
+            and 0 < len(r) <= MAX_READINGS and set(map(type, r.values())) <= _NUMBERS
+            and (r.keys() <= _GOOD_NAMES or _learn_names(r))):
+        # orjson refuses NaN, Infinity and out-of-range numbers: all values are finite
+        return e, s, t, r
+    return None
 
 
 _NUMBERS = {float, int}
@@ -246,31 +255,25 @@ class SensorBatchBuilder:
         ids, sensors, times = b["event_id"], b["sensor_id"], b["event_time"]
         sources, offsets, ingests = b["source_time"], b["source_offset"], b["ingest_time"]
         readings = self._readings
-        loads, numbers, names = orjson.loads, _NUMBERS, _GOOD_NAMES
+        loads, fast_event = orjson.loads, _fast_event
         fast_headers = self._json_headers
         for i, rec in enumerate(records):
             value, headers = rec.value, rec.headers
             if value and headers == fast_headers:
                 try:
-                    d = loads(value)
+                    fast = fast_event(loads(value))
                 except orjson.JSONDecodeError:
-                    d = None
-                if type(d) is dict and len(d) == 4:
-                    e, s, t, r = d.get("event_id"), d.get("sensor_id"), d.get("event_time"), \
-                        d.get("readings")
-                    if (type(e) is str and 0 < len(e) <= MAX_ID and type(s) is str
-                            and 0 < len(s) <= MAX_ID and type(t) is int and 0 <= t <= MAX_TIME
-                            and type(r) is dict and 0 < len(r) <= MAX_READINGS
-                            and set(map(type, r.values())) <= numbers and r.keys() <= names):
-                        ids.append(e)
-                        sensors.append(s)
-                        times.append(t)
-                        sources.append(rec.timestamp)
-                        offsets.append(rec.offset)
-                        ingests.append(ingest_time)
-                        readings.append(r)
-                        self._rows += 1
-                        continue
+                    fast = None
+                if fast is not None:
+                    ids.append(fast[0])
+                    sensors.append(fast[1])
+                    times.append(fast[2])
+                    sources.append(rec.timestamp)
+                    offsets.append(rec.offset)
+                    ingests.append(ingest_time)
+                    readings.append(fast[3])
+                    self._rows += 1
+                    continue
             bad = self.add(value, headers, rec.offset, rec.timestamp, ingest_time)
             fast_headers = self._json_headers
             if isinstance(bad, Rejected):

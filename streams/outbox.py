@@ -86,18 +86,19 @@ class Outbox:
         Messages of the same partition keep their order.
         """
         parts = await self.partitions(topic)
-        where: dict[str, int] = {}
+        where: dict[str, tuple[int, bytes]] = {}
         batches: dict[int, Any] = {}  # aiokafka BatchBuilder (untyped)
         futures: list[asyncio.Future[object]] = []
         ts = now_ms()
         for key, value in zip(keys, values, strict=True):
-            p = where.get(key)
-            if p is None:
-                p = where[key] = self._partitioner(key.encode(), parts, parts)
+            found = where.get(key)
+            if found is None:
+                kb = key.encode()
+                found = where[key] = (self._partitioner(kb, parts, parts), kb)
+            p, kb = found
             batch = batches.get(p)
             if batch is None:
                 batch = batches[p] = self.producer.create_batch()
-            kb = key.encode()
             if batch.append(key=kb, value=value, timestamp=ts, headers=headers) is None:
                 futures.append(await self.producer.send_batch(batch, topic, partition=p))
                 batch = batches[p] = self.producer.create_batch()

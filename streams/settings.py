@@ -90,6 +90,20 @@ class Settings(BaseSettings):
         """The full name of topic `name`, with the prefix."""
         return f"{self.topic_prefix}{name}"
 
+    def to_env(self) -> dict[str, str]:
+        """The HEADWATER_* variables that rebuild these settings in a child process.
+
+        >>> Settings(partitions=2).to_env()["HEADWATER_PARTITIONS"]
+        '2'
+        """
+        env = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value is not None:
+                env[f"HEADWATER_{name.upper()}"] = str(value)
+        return env
+
     def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context for the broker connection, or None on PLAINTEXT."""
         if self.security_protocol == "PLAINTEXT":

@@ -63,10 +63,7 @@ def settings(kafka: LocalKafka, registry_dir: Path, tmp_path: Path) -> Settings:
 def settings_env(s: Settings) -> dict[str, str]:
     """The environment that makes a child process build the same Settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
-    for name, value in s.model_dump().items():
-        if value is not None:
-            env[f"HEADWATER_{name.upper()}"] = str(value)
-    return env
+    return env | s.to_env()
 
 
 class Worker:
