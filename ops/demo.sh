@@ -32,13 +32,20 @@ cleanup() {
   if [ "$started_kafka" = 1 ]; then "$hw" kafka stop 2>/dev/null; fi
 }
 trap cleanup EXIT
+metrics="http://127.0.0.1:${HEADWATER_WEB_PORT:-6066}/metrics"
+for _ in $(seq 1 600); do  # the web server answers once the worker has recovered its state
+  curl -sf -o /dev/null "$metrics" && break
+  kill -0 "$worker" 2>/dev/null || { echo "worker exited; see $log" >&2; exit 1; }
+  sleep 0.1
+done
+curl -sf -o /dev/null "$metrics" || { echo "worker not ready after 60 s; see $log" >&2; exit 1; }
 
 since=$(( $(date +%s%N) / 1000000 ))
 "$hw" produce shuttle --limit "$events" --rate "$rate" 2>/dev/null &
 producer=$!
 "$hw" watch --since-ms "$since" --expect "$events" --idle 60 2>/dev/null
 wait "$producer"
-dead=$(curl -sf "http://127.0.0.1:${HEADWATER_WEB_PORT:-6066}/metrics" |
+dead=$(curl -sf "$metrics" |
        awk '/^headwater_dead_letters_total/ {s += $2} END {print s + 0}' || echo "?")
 echo "dead letters: $dead (bad input goes to ${HEADWATER_TOPIC_PREFIX}dead-letters)"
 echo "demo done: worker and broker stop now"

@@ -63,8 +63,8 @@ def predictions_json(t: pa.Table, probs: np.ndarray, unc: np.ndarray, model: Loa
     joined = pc.binary_join_element_wise(
         lit('{"event_id":'), _json_strings(t.column("event_id")),
         lit(',"entity_id":'), _json_strings(t.column("entity_id")),
-        lit(',"probability":'), pc.cast(pa.array(probs, pa.float64()), pa.string()),
-        lit(',"uncertainty":'), pc.cast(pa.array(unc, pa.float64()), pa.string()),
+        lit(',"probability":'), _json_floats(probs),
+        lit(',"uncertainty":'), _json_floats(unc),
         lit(fixed), _json_ints(t.column("event_time")),
         lit(',"source_time":'), _json_ints(t.column("source_time")),
         lit(',"ingest_time":'), _json_ints(t.column("ingest_time")),
@@ -82,6 +82,13 @@ def _json_strings(col: pa.ChunkedArray) -> pa.Array:
     if pc.any(pc.match_substring_regex(col, _NEEDS_ESCAPE)).as_py():
         return pa.array([orjson.dumps(v).decode() for v in col.to_pylist()], pa.string())
     return pc.binary_join_element_wise(pa.scalar('"'), col, pa.scalar('"'), "")
+
+
+def _json_floats(values: np.ndarray) -> pa.Array:
+    """Shortest round-trip text of each float, always with a decimal point or exponent."""
+    text = pc.cast(pa.array(values, pa.float64()), pa.string())
+    whole = pc.invert(pc.match_substring_regex(text, r"[.eE]"))
+    return pc.if_else(whole, pc.binary_join_element_wise(text, pa.scalar(".0"), ""), text)
 
 
 def _json_ints(col: pa.ChunkedArray) -> pa.Array:

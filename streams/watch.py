@@ -69,21 +69,23 @@ async def watch_predictions(settings: Settings, *, since_ms: int | None = None,
                 consumer.seek(tp, ot.offset if ot is not None else ends[tp])
         last_seen = time.monotonic()
         last_print = 0.0
+        live = out.isatty()  # a terminal gets one updating line; a pipe, a line every 2 s
+        clear = "\r\033[K" if live else ""
         while expect is None or summary.count < expect:
             polled = await consumer.getmany(timeout_ms=200, max_records=10_000)
             now = time.monotonic()
             for records in polled.values():
                 for rec in records:
-                    _take(summary, rec.value, rec.timestamp, samples, out)
+                    _take(summary, rec.value, rec.timestamp, samples, out, clear)
             if polled:
                 last_seen = now
             elif now - last_seen > idle:
                 break
-            if now - last_print > 0.5:
-                out.write("\r" + summary.line())
+            if now - last_print > (0.5 if live else 2.0):
+                out.write(clear + summary.line() + ("" if live else "\n"))
                 out.flush()
                 last_print = now
-        out.write("\r" + summary.line() + "\n")
+        out.write(clear + summary.line() + "\n")
         out.flush()
     finally:
         await consumer.stop()
@@ -110,7 +112,7 @@ class WatchError(RuntimeError):
 
 
 def _take(summary: WatchSummary, value: bytes | None, ts: int, samples: int,
-          out: TextIO) -> None:
+          out: TextIO, clear: str) -> None:
     if not value:
         return
     p = orjson.loads(value)
@@ -122,4 +124,4 @@ def _take(summary: WatchSummary, value: bytes | None, ts: int, samples: int,
         summary.latencies_ms.append(int(p["predict_time"]) - int(p["source_time"]))
     if len(summary.samples) < samples:
         summary.samples.append(p)
-        out.write("\r\033[Ksample: " + orjson.dumps(p).decode() + "\n")
+        out.write(clear + "sample: " + orjson.dumps(p).decode() + "\n")

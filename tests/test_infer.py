@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.datasets import shuttle
 from models.features import sensor_features
@@ -57,3 +60,30 @@ def test_micro_batches_merge_small_and_split_large() -> None:
     assert [p.num_rows for p in pieces] == [4, 4, 2]
     assert pa.concat_tables(pieces).column("event_id").to_pylist() == \
         t.column("event_id").to_pylist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.tuples(st.text(min_size=1, max_size=8), st.text(min_size=1, max_size=8),
+                               st.floats(0, 1), st.floats(0, 1), st.integers(0, 2**45),
+                               st.none() | st.integers(0, 2**45), st.integers(0, 2**45)),
+                     min_size=1, max_size=20))
+def test_column_wise_prediction_json_equals_orjson(
+        rows: list[tuple[str, str, float, float, int, int | None, int]]) -> None:
+    """The Arrow-built documents parse to exactly what a dict through orjson would give."""
+    from models.registry import LoadedModel
+    from streams.agents import predictions_json
+
+    cols = list(zip(*rows, strict=True))
+    t = pa.table({"event_id": pa.array(cols[0], pa.string()),
+                  "entity_id": pa.array(cols[1], pa.string()),
+                  "event_time": pa.array(cols[4], pa.int64()),
+                  "source_time": pa.array(cols[5], pa.int64()),
+                  "ingest_time": pa.array(cols[6], pa.int64())})
+    model = LoadedModel('m"x', 3, None, {})  # type: ignore[arg-type]
+    docs = predictions_json(t, np.array(cols[2]), np.array(cols[3]), model, 42)
+    want = [{"event_id": e, "entity_id": k, "probability": p, "uncertainty": u,
+             "model_name": 'm"x', "model_version": 3, "head_version": None, "event_time": et,
+             "source_time": st_, "ingest_time": it, "predict_time": 42}
+            for e, k, p, u, et, st_, it in rows]
+    assert [orjson.loads(d) for d in docs] == want
+    assert all(isinstance(orjson.loads(d)["probability"], float) for d in docs)
