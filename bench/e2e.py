@@ -61,28 +61,15 @@ def raw_consumer(s: Settings, topic: str) -> AIOKafkaConsumer:
                             max_partition_fetch_bytes=4 << 20, fetch_max_bytes=16 << 20)
 
 
-async def consume_only(s: Settings, topic: str, n: int) -> float:
-    c = raw_consumer(s, topic)
-    await c.start()
-    got, t0 = 0, None
-    try:
-        while got < n:
-            polled = await c.getmany(timeout_ms=500, max_records=10_000)
-            if polled and t0 is None:
-                t0 = time.perf_counter()
-            got += sum(len(r) for r in polled.values())
-        assert t0 is not None
-        return n / (time.perf_counter() - t0)
-    finally:
-        await c.stop()
-
-
-async def pass_through(s: Settings, topic: str, out: str, n: int) -> float:
+async def raw_rate(s: Settings, topic: str, n: int, out: str | None = None) -> float:
+    """Events/s of plain aiokafka reading `topic`: consume-only, or with `out`, a
+    pass-through that sends every message on (per-message `send`, commit per poll)."""
     c = raw_consumer(s, topic)
     p = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=5, acks="all",
                          max_batch_size=1 << 20)
     await c.start()
-    await p.start()
+    if out is not None:
+        await p.start()
     got, t0 = 0, None
     try:
         while got < n:
@@ -91,12 +78,15 @@ async def pass_through(s: Settings, topic: str, out: str, n: int) -> float:
                 t0 = time.perf_counter()
             futures = []
             for tp, recs in polled.items():
+                got += len(recs)
+                if out is None:
+                    continue
                 for r in recs:
                     futures.append(await p.send(out, r.value, key=r.key, partition=tp.partition,
                                                 headers=list(r.headers)))
-                got += len(recs)
-            await asyncio.gather(*futures)
-            await c.commit()
+            if out is not None:
+                await asyncio.gather(*futures)
+                await c.commit()
         assert t0 is not None
         return n / (time.perf_counter() - t0)
     finally:
@@ -180,11 +170,11 @@ def main() -> None:
         figures: dict[str, list[float]] = {}
         for i in range(args.repeat):
             figures.setdefault("raw aiokafka consume-only", []).append(
-                asyncio.run(consume_only(s, s.topic("sensor-events"), args.events)))
+                asyncio.run(raw_rate(s, s.topic("sensor-events"), args.events)))
             out = f"bench{tag}-pass-{i}"
             asyncio.run(ensure_topics(s.model_copy(update={"topic_prefix": ""}), (out,)))
             figures.setdefault("raw aiokafka consume->produce pass-through", []).append(
-                asyncio.run(pass_through(s, s.topic("sensor-events"), out, args.events)))
+                asyncio.run(raw_rate(s, s.topic("sensor-events"), args.events, out)))
             for fmt in args.formats.split(","):
                 run = s.model_copy(update={"app_id": f"bench{tag}-{fmt}-{i}",
                                            "topic_prefix": f"bench{tag}-{fmt}{i}-",

@@ -142,13 +142,16 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> None:
         if not loaded:
             model = registry.load(settings.sensor_model)
             loaded["model"] = model
-            loaded["scorer"] = BatchScorer(model.module,
-                                           pick_device(settings.device, settings.torch_threads))
+            score = BatchScorer(model.module, pick_device(settings.device,
+                                                          settings.torch_threads))
+            score.probabilities(np.zeros((8, len(model.feature_names)), np.float32))  # warm up
+            loaded["scorer"] = score
             log.info("serving %s v%d", model.name, model.version)
         return loaded["model"], loaded["scorer"]
 
     @app.agent(features, name="infer")
     async def infer(stream: StreamT[bytes]) -> AsyncIterable[None]:
+        scorer()  # load the model at start: a missing or broken one fails loudly, now
         max_msgs = max(1, settings.infer_max_rows // 256)
         within = settings.infer_max_wait_ms / 1000
         # take_events is faust-streaming's own addition, missing from the StreamT protocol
