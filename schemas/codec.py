@@ -41,6 +41,9 @@ __all__ = [
     "decode_sensor_json",
     "header",
     "read_ipc",
+    "sensor_batch",
+    "validate_sensor_table",
+    "with_metadata",
     "write_ipc",
 ]
 
@@ -62,6 +65,7 @@ MAX_READINGS = 64
 MAX_TIME = 32_503_680_000_000  # year 3000, in ms
 SENSOR_SCHEMAS = {b"sensor-event.v1"}
 
+METADATA = ("source_time", "source_offset", "ingest_time")
 SENSOR_BASE = pa.schema([
     ("event_id", pa.string()),
     ("sensor_id", pa.string()),
@@ -297,9 +301,7 @@ class SensorBatchBuilder:
         n = good.num_rows
         if n:
             self._flush_json()
-            good = good.append_column("source_time", pa.array([source_time] * n, pa.int64()))
-            good = good.append_column("source_offset", pa.array([offset] * n, pa.int64()))
-            good = good.append_column("ingest_time", pa.array([ingest_time] * n, pa.int64()))
+            good = with_metadata(good, source_time, offset, ingest_time, overwrite=True)
             self._parts.extend(good.combine_chunks().to_batches())
             self._rows += n
         return rejected or None
@@ -386,10 +388,60 @@ def validate_sensor_table(table: pa.Table) -> Rejected | tuple[pa.Table, list[Re
         if row not in flagged:
             bad.append(Rejected("invalid-row", "null id, event_time out of range, or no reading",
                                 row))
-    good = pa.table([ids, sensors, t, *values],
-                    names=["event_id", "sensor_id", "event_time", *readings]).filter(keep)
+    meta = [n for n in METADATA if n in names]
+    try:
+        kept = [table.column(n).cast(pa.int64()) for n in meta]
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        return Rejected("wrong-type", str(exc)[:300])
+    good = pa.table([ids, sensors, t, *kept, *values],
+                    names=["event_id", "sensor_id", "event_time", *meta, *readings]).filter(keep)
     bad.sort(key=lambda r: r.row or 0)
     return good, bad
+
+
+def with_metadata(table: pa.Table, source_time: int | None, offset: int, ingest_time: int,
+                  *, overwrite: bool) -> pa.Table:
+    """Set `source_time`, `source_offset` and `ingest_time` from the carrying message:
+    all of them (`overwrite`, at ingest) or only those the batch lacks."""
+    n = table.num_rows
+    for name, value in zip(METADATA, (source_time, offset, ingest_time), strict=True):
+        idx = table.schema.get_field_index(name)
+        if idx >= 0 and not overwrite:
+            continue
+        col = pa.array([value] * n, pa.int64())
+        table = table.set_column(idx, name, col) if idx >= 0 else table.append_column(name, col)
+    return table
+
+
+def sensor_batch(value: bytes | None, offset: int, source_time: int | None, now: int
+                 ) -> Rejected | tuple[pa.RecordBatch, list[Rejected]]:
+    """A message of `sensor-batches`, as featurize takes it: checked, metadata filled in.
+
+    Ingest writes these, but a producer that batches may write them directly (DESIGN.md
+    §2), so each one is validated like an Arrow message on an input topic.
+
+    >>> t = pa.table({"event_id": ["a", "b"], "sensor_id": ["s", None], "event_time": [1, 2],
+    ...               "readings.x": [1.0, 2.0]})
+    >>> batch, bad = sensor_batch(write_ipc(t), 7, None, 9)
+    >>> batch.column("source_offset").to_pylist(), [(r.reason, r.row) for r in bad]
+    ([7], [('invalid-row', 1)])
+    """
+    if not value:
+        return Rejected("empty-value", "message value is empty or null")
+    try:
+        table = read_ipc(value)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        return Rejected("bad-arrow", str(exc)[:300])
+    checked = validate_sensor_table(table)
+    if isinstance(checked, Rejected):
+        return checked
+    good, bad = checked
+    good = with_metadata(good, source_time, offset, now, overwrite=False)
+    schema = _with_readings(n.removeprefix(READING_PREFIX) for n in good.schema.names
+                            if n.startswith(READING_PREFIX))
+    return _conform(good.combine_chunks().to_batches(max_chunksize=None)[0]
+                    if good.num_rows else pa.RecordBatch.from_pylist([], schema=schema),
+                    schema), bad
 
 
 def write_ipc(batch: pa.RecordBatch | pa.Table) -> bytes:

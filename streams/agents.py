@@ -23,7 +23,7 @@ from models.features import sensor_features
 from models.inference import BatchScorer, pick_device
 from models.registry import LoadedModel, Registry
 from models.uncertainty import binary_entropy
-from schemas.codec import Rejected, read_ipc, write_ipc
+from schemas.codec import Rejected, read_ipc, sensor_batch, write_ipc
 from schemas.events import ARROW, JSON
 from streams.metrics import BATCH_ROWS, EVENTS, STAGE_SECONDS
 from streams.outbox import Outbox, now_ms
@@ -115,17 +115,18 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> None:
         async for event in stream.events():
             msg = event.message
             started = time.perf_counter()
-            try:
-                table = read_ipc(event.value)
-            except (pa.ArrowInvalid, OSError) as exc:
-                await dead("featurize", Rejected("bad-arrow", str(exc)[:300]), msg)
+            checked = sensor_batch(event.value, msg.offset, msg.timestamp, now_ms())
+            if isinstance(checked, Rejected):
+                await dead("featurize", checked, msg)
                 continue
-            batch = table.combine_chunks().to_batches()
-            if not batch:
+            batch, rejected = checked
+            for r in rejected:
+                await dead("featurize", r, msg)
+            if not batch.num_rows:
                 continue
-            keys = set(batch[0].column("sensor_id").to_pylist())
+            keys = set(batch.column("sensor_id").to_pylist())
             before = {k: orjson.loads(v) for k in keys if (v := state.get(k)) is not None}
-            out, after = sensor_features(batch[0], before, window)
+            out, after = sensor_features(batch, before, window)
             for k, s in after.items():
                 state[k] = orjson.dumps(s).decode()
             await features.send(value=write_ipc(out), partition=msg.partition,

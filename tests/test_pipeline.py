@@ -153,3 +153,41 @@ def test_events_become_predictions_and_bad_input_dead_letters(settings: Settings
     counted = sum(float(line.split()[-1]) for line in text.splitlines()
                   if line.startswith("headwater_dead_letters_total{"))
     assert counted == 100
+
+
+def test_batches_written_straight_to_sensor_batches_are_checked(settings: Settings,
+                                                                worker: Worker) -> None:
+    """A batching producer may skip ingest; featurize then checks what it was given."""
+    s = settings
+    events = shuttle(limit=52).drop_columns(["label"])
+    f1 = events.column("readings.f1").to_pylist()
+    f1[10] = math.inf
+    ids = events.column("event_id").to_pylist()
+    ids[20] = None
+    events = events.set_column(events.schema.get_field_index("readings.f1"), "readings.f1",
+                               pa.array(f1)).set_column(0, "event_id", pa.array(ids, pa.string()))
+    arrow_h = [("content-type", ARROW.encode()), ("schema", b"sensor-event.v1")]
+
+    async def send() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=s.bootstrap)
+        await p.start()
+        try:
+            await p.send_and_wait(s.topic("sensor-batches"), write_ipc(events), partition=1,
+                                  headers=arrow_h)
+            await p.send_and_wait(s.topic("sensor-batches"), b"not arrow", partition=1,
+                                  headers=arrow_h)
+        finally:
+            await p.stop()
+
+    asyncio.run(send())
+    wait_for(lambda: asyncio.run(caught_up(s)), 120, "the worker to commit every input")
+    predictions = [orjson.loads(v) for _, _, v in asyncio.run(read_all(s, s.topic("predictions")))]
+    assert sorted(p["event_id"] for p in predictions) == sorted(
+        i for n, i in enumerate(ids) if n not in (10, 20))
+    assert all(p["source_time"] is not None for p in predictions)
+    letters = [orjson.loads(v) for _, _, v in asyncio.run(read_all(s, s.topic("dead-letters")))]
+    got = sorted((d["agent"], d["reason"], d["source_row"]) for d in letters)
+    assert got == [("featurize", "bad-arrow", None), ("featurize", "invalid-row", 20),
+                   ("featurize", "non-finite", 10)]
+    assert {d["source_topic"] for d in letters} == {s.topic("sensor-batches")}
+    assert worker.running()
