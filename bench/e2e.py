@@ -29,6 +29,7 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -127,6 +128,18 @@ async def prediction_span(s: Settings, n: int, fmt: str, deadline: float,
         await c.stop()
 
 
+async def drop_topics(s: Settings, prefix: str) -> None:
+    """Delete the run's topics so repeated runs do not fill the broker's disk."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap)
+    await admin.start()
+    try:
+        doomed = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()
+
+
 def run_worker(s: Settings, n: int, fmt: str, log: Path) -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")} | s.to_env()
     with open(log, "wb") as out:
@@ -153,11 +166,11 @@ def main() -> None:
     started = node.pid() is None
     node.start()
     work = Path(tempfile.mkdtemp(prefix="hw-bench-"))
+    tag = uuid.uuid4().hex[:6]
     try:
         registry = Registry(work / "registry")
         train_sensor_model(shuttle(sensors=args.sensors), registry, "shuttle", window=8,
                            epochs=4)
-        tag = uuid.uuid4().hex[:6]
         s = base.model_copy(update={"topic_prefix": f"bench{tag}-",
                                     "registry_dir": work / "registry"})
         asyncio.run(ensure_topics(s))
@@ -193,6 +206,7 @@ def main() -> None:
             if name.startswith("headwater"):
                 print(f"{name}: {statistics.median(vals) / ceiling:.2f} x the pass-through ceiling")
     finally:
+        asyncio.run(drop_topics(base, f"bench{tag}"))
         if started:
             node.stop()
 
