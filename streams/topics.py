@@ -34,14 +34,16 @@ async def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> 
             for full, short in wanted.items() if full not in existing
         ]
         created: list[str] = []
+        present = [t for t in wanted if t in existing]
         if missing:
             resp = await admin.create_topics(missing)
             for topic, code, *_ in resp.topic_errors:
-                if code not in (0, TopicAlreadyExistsError.errno):
+                if code == TopicAlreadyExistsError.errno:  # created meanwhile, by someone else
+                    present.append(topic)
+                elif code != 0:
                     raise RuntimeError(f"cannot create topic {topic}: error code {code}")
-                if code == 0:
+                else:
                     created.append(topic)
-        present = [t for t in wanted if t in existing]
         if present:
             meta = await admin.describe_topics(present)
             for t in meta:
