@@ -25,7 +25,13 @@ from models.registry import LoadedModel, Registry
 from models.uncertainty import binary_entropy
 from schemas.codec import Rejected, read_ipc, sensor_batch, write_ipc
 from schemas.events import ARROW, JSON
-from streams.metrics import BATCH_ROWS, EVENTS, STAGE_SECONDS
+from streams.metrics import (
+    BATCH_ROWS,
+    END_TO_END_SECONDS,
+    EVENTS,
+    MODEL_VERSION,
+    STAGE_SECONDS,
+)
 from streams.outbox import Outbox, now_ms
 from streams.settings import Settings
 
@@ -84,6 +90,17 @@ def _json_strings(col: pa.ChunkedArray) -> pa.Array:
     return pc.binary_join_element_wise(pa.scalar('"'), col, pa.scalar('"'), "")
 
 
+def _observe_latency(t: pa.Table, predict_time: int, most: int = 64) -> None:
+    """Feed the end-to-end histogram an even sample of the batch (observe is per value)."""
+    sources = t.column("source_time").to_numpy(zero_copy_only=False)
+    if not len(sources):
+        return
+    step = max(1, len(sources) // most)
+    for s in sources[::step]:
+        if s is not None and s == s:  # null source times arrive as None or NaN
+            END_TO_END_SECONDS.observe(max(0.0, (predict_time - int(s)) / 1000))
+
+
 def _json_floats(values: np.ndarray) -> pa.Array:
     """Shortest round-trip text of each float, always with a decimal point or exponent."""
     text = pc.cast(pa.array(values, pa.float64()), pa.string())
@@ -96,8 +113,11 @@ def _json_ints(col: pa.ChunkedArray) -> pa.Array:
     return pc.fill_null(text, "null")
 
 
-def wire_agents(app: App, settings: Settings, outbox: Outbox) -> None:
-    """Declare the topics, the state table and the agents on `app`."""
+def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
+    """Declare the topics, the state table and the agents on `app`.
+
+    Returns the infer agent's loaded model (`model`, `scorer`), filled once it starts.
+    """
     n = settings.partitions
     batches = app.topic(settings.topic("sensor-batches"), value_type=bytes,
                         value_serializer="raw", key_serializer="raw", partitions=n)
@@ -147,6 +167,7 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> None:
                                                           settings.torch_threads))
             score.probabilities(np.zeros((8, len(model.feature_names)), np.float32))  # warm up
             loaded["scorer"] = score
+            MODEL_VERSION.labels(model.name).set(model.version)
             log.info("serving %s v%d", model.name, model.version)
         return loaded["model"], loaded["scorer"]
 
@@ -173,6 +194,7 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> None:
             yield None
 
     _ = (featurize, infer)
+    return loaded
 
 
 def _chunks(tables: list[pa.Table], max_rows: int) -> list[pa.Table]:
@@ -225,6 +247,7 @@ async def _infer_batch(t: pa.Table, model: LoadedModel, score: BatchScorer, outb
         values = predictions_json(t, probs, unc, model, predict_time)
         pending += await outbox.send_keyed(topic, t.column("entity_id").to_pylist(), values,
                                            JSON_HEADERS)
+    _observe_latency(t, predict_time)
     EVENTS.labels("infer").inc(t.num_rows)
     BATCH_ROWS.labels("infer").observe(t.num_rows)
     STAGE_SECONDS.labels("infer").observe(time.perf_counter() - started)

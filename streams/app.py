@@ -30,6 +30,22 @@ class HeadwaterApp(faust.App):
     hw: Settings
     outbox: Outbox
     ingest: Ingest
+    serving: dict[str, Any]
+
+    def readiness(self) -> dict[str, Any]:
+        """What /ready reports: partitions held, model loaded, table state recovered."""
+        model = self.serving.get("model")
+        checks = {
+            "ingest_partitions": [tp.partition for tp in self.ingest.assigned()],
+            "agent_partitions": sorted(f"{tp.topic}:{tp.partition}"
+                                       for tp in self.consumer.assignment()),
+            "model": f"{model.name} v{model.version}" if model is not None else None,
+            # TableManager has `recovery`; the TableManagerT protocol does not declare it
+            "state_recovered": self.tables.recovery.completed.is_set(),  # type: ignore[attr-defined]
+        }
+        checks["ready"] = bool(checks["model"] and checks["state_recovered"]
+                               and checks["ingest_partitions"])
+        return checks
 
     async def on_first_start(self) -> None:
         self.hw.data_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +92,7 @@ def create_app(settings: Settings) -> HeadwaterApp:
     app.hw = settings
     app.outbox = Outbox(settings)
     app.ingest = Ingest(settings, app.outbox)
-    wire_agents(app, settings, app.outbox)
+    app.serving = wire_agents(app, settings, app.outbox)
 
     @app.page("/metrics")
     async def metrics(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:
@@ -84,5 +100,16 @@ def create_app(settings: Settings) -> HeadwaterApp:
         return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0]
                           + "; version=0.0.4")
 
-    _ = metrics
+    @app.page("/health")
+    async def health(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        """Liveness: the event loop answers."""
+        return self.json({"status": "ok", "app_id": settings.app_id})
+
+    @app.page("/ready")
+    async def ready(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        """Readiness: partitions assigned, model loaded, state recovered (503 until then)."""
+        checks = app.readiness()
+        return self.json(checks, status=200 if checks["ready"] else 503)
+
+    _ = (metrics, health, ready)
     return app

@@ -6,6 +6,7 @@
     headwater watch                      follow predictions: count, rate, latency
     headwater worker -l info             run ingest, featurize and infer
     headwater bench                      the end-to-end benchmark (bench/e2e.py)
+    headwater status                     the running worker's /health and /ready
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from typing import NoReturn
 
 import click
@@ -143,7 +146,23 @@ def register_commands(app: HeadwaterApp) -> None:
         if done.returncode:
             fail(f"bench failed with exit code {done.returncode}")
 
-    _ = (kafka, train, produce, watch, bench)
+    @app.command()
+    async def status(self: AppCommand) -> None:
+        """Ask the running worker's /health and /ready and print what they say."""
+        base = f"http://{settings.web_host}:{settings.web_port}"
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
+                print("health:", r.read().decode())
+        except OSError as exc:
+            fail(f"no worker answers at {base} ({exc})")
+        try:
+            with urllib.request.urlopen(f"{base}/ready", timeout=5) as r:
+                print("ready:", r.read().decode())
+        except urllib.error.HTTPError as exc:
+            print("not ready:", exc.read().decode())
+            fail("worker is not ready")
+
+    _ = (kafka, train, produce, watch, bench, status)
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from mode import Service
 
 from schemas.codec import Rejected, SensorBatchBuilder, write_ipc
 from schemas.events import ARROW
-from streams.metrics import BATCH_ROWS, EVENTS, STAGE_SECONDS
+from streams.metrics import BATCH_ROWS, CONSUMER_LAG, EVENTS, STAGE_SECONDS
 from streams.outbox import Outbox, now_ms
 from streams.settings import Settings
 
@@ -43,6 +43,7 @@ class Ingest(Service):
         self.outbox = outbox
         self.source = settings.topic("sensor-events")
         self.target = settings.topic("sensor-batches")
+        self.group = f"{settings.app_id}-ingest"
         self.consumer: AIOKafkaConsumer | None = None
         self.events = 0
         self._in_flight: asyncio.Queue[tuple[list[asyncio.Future[object]], Offsets]] = \
@@ -52,7 +53,7 @@ class Ingest(Service):
         s = self.settings
         self.consumer = AIOKafkaConsumer(
             **s.kafka_options(),
-            group_id=f"{s.app_id}-ingest", enable_auto_commit=False,
+            group_id=self.group, enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(s.session_timeout_ms // 5, 500),
             max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=16 * 1024 * 1024)
@@ -90,6 +91,10 @@ class Ingest(Service):
             if polled:
                 await self.handle(polled)
 
+    def assigned(self) -> list[TopicPartition]:
+        """The input partitions this worker's ingest holds now."""
+        return sorted(self.consumer.assignment()) if self.consumer is not None else []
+
     async def handle(self, polled: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
                      ) -> None:
         """Decode, send and commit one poll's messages."""
@@ -124,6 +129,10 @@ class Ingest(Service):
                 BATCH_ROWS.labels("ingest").observe(batch.num_rows)
                 self.events += batch.num_rows
             offsets[tp] = records[-1].offset + 1
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                CONSUMER_LAG.labels(self.group, tp.topic, str(tp.partition)).set(
+                    max(0, high - offsets[tp]))
         STAGE_SECONDS.labels("ingest").observe(time.perf_counter() - started)
         await self._in_flight.put((pending, offsets))  # waits while MAX_IN_FLIGHT are out
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["BATCH_ROWS", "DEAD_LETTERS", "EVENTS", "STAGE_SECONDS"]
+__all__ = ["BATCH_ROWS", "CONSUMER_LAG", "DEAD_LETTERS", "END_TO_END_SECONDS", "EVENTS",
+           "MODEL_VERSION", "STAGE_SECONDS"]
 
 EVENTS = Counter("headwater_events_total", "Events processed, by agent", ["agent"])
 DEAD_LETTERS = Counter("headwater_dead_letters_total", "Messages sent to dead-letters",
@@ -14,3 +15,10 @@ BATCH_ROWS = Histogram("headwater_batch_rows", "Rows per batch handled, by agent
 STAGE_SECONDS = Histogram("headwater_stage_seconds", "Time spent per batch, by stage",
                           ["stage"],
                           buckets=(1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0))
+END_TO_END_SECONDS = Histogram(
+    "headwater_end_to_end_seconds",
+    "Source message timestamp to prediction, sampled (up to 64 events per micro-batch)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+MODEL_VERSION = Gauge("headwater_model_version", "Model version being served", ["model"])
+CONSUMER_LAG = Gauge("headwater_consumer_lag", "Messages behind the end of the partition",
+                     ["group", "topic", "partition"])

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import subprocess
+import sys
 import urllib.request
 
 import orjson
@@ -22,7 +24,7 @@ from schemas.codec import write_ipc
 from schemas.events import ARROW
 from streams.produce import sensor_json
 from streams.settings import Settings
-from tests.conftest import Worker
+from tests.conftest import ROOT, Worker, settings_env
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -153,6 +155,31 @@ def test_events_become_predictions_and_bad_input_dead_letters(settings: Settings
     counted = sum(float(line.split()[-1]) for line in text.splitlines()
                   if line.startswith("headwater_dead_letters_total{"))
     assert counted == 100
+    assert metric(text, 'headwater_model_version{model="shuttle"}') == 1
+    assert metric(text, "headwater_end_to_end_seconds_count") > 0
+    assert metric(text, 'headwater_events_total{agent="infer"}') == GOOD
+    assert metric(text, 'headwater_events_total{agent="ingest"}') == GOOD
+
+    health = orjson.loads(urllib.request.urlopen(
+        f"http://127.0.0.1:{s.web_port}/health", timeout=10).read())
+    ready = orjson.loads(urllib.request.urlopen(
+        f"http://127.0.0.1:{s.web_port}/ready", timeout=10).read())
+    assert health["status"] == "ok"
+    assert ready["ready"] is True and ready["model"] == "shuttle v1"
+    assert sorted(ready["ingest_partitions"]) == list(range(s.partitions))
+    status = subprocess.run([sys.executable, "-m", "streams.cli", "status"], cwd=ROOT,
+                            env=settings_env(s), capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert status.returncode == 0, status.stderr
+    assert '"ready":true' in status.stdout.replace(" ", "")
+
+
+def metric(text: str, name: str) -> float:
+    """The value of one sample line of a Prometheus text page."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not on /metrics")
 
 
 def test_batches_written_straight_to_sensor_batches_are_checked(settings: Settings,
