@@ -86,6 +86,18 @@ class Worker:
                  f"worker ready (log: {self.log})")
         assert self.running(), self.log.read_text()[-3000:]
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final commit, like a machine that lost power."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart(self) -> None:
+        self._out.close()
+        self._out = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "-l", "info"],
+                                     cwd=ROOT, env=settings_env(self.settings), stdout=self._out,
+                                     stderr=subprocess.STDOUT)
+
     def stop(self) -> None:
         if self.running():
             self.proc.terminate()
