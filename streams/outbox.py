@@ -11,6 +11,7 @@ import asyncio
 import base64
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,7 @@ class Outbox:
         self._partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
         self.dead_letters = 0
+        self.recent: Counter[tuple[str, str]] = Counter()  # (agent, reason) since last summary
 
     @property
     def producer(self) -> AIOKafkaProducer:
@@ -107,6 +109,23 @@ class Outbox:
             futures.append(await self.producer.send_batch(batch, topic, partition=p))
         return futures
 
+    def summary(self) -> str | None:
+        """One line on the dead letters since the last call, or None if there were none.
+
+        >>> o = Outbox(Settings())
+        >>> o.recent.update({("ingest", "not-json"): 3, ("infer", "missing-feature"): 1})
+        >>> o.summary()
+        'dead letters since last summary: 4 (infer/missing-feature 1, ingest/not-json 3)'
+        >>> o.summary() is None
+        True
+        """
+        if not self.recent:
+            return None
+        parts = ", ".join(f"{a}/{r} {n}" for (a, r), n in sorted(self.recent.items()))
+        total = sum(self.recent.values())
+        self.recent.clear()
+        return f"dead letters since last summary: {total} ({parts})"
+
     async def dead_letter(self, agent: str, rejected: Rejected, *, topic: str, partition: int,
                           offset: int, key: bytes | None, raw: bytes | None
                           ) -> asyncio.Future[object]:
@@ -121,5 +140,6 @@ class Outbox:
             dead_time=now_ms())
         DEAD_LETTERS.labels(agent, rejected.reason).inc()
         self.dead_letters += 1
+        self.recent[(agent, rejected.reason)] += 1
         return await self.send(self.settings.topic("dead-letters"), dl.to_json(), key=key,
                                headers=dl.headers())

@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     predictions_format: Literal["json", "arrow"] = Field(
         "json", description="One JSON message per event, or one Arrow batch per micro-batch")
     dead_letter_max_raw: int = Field(65536, description="Raw bytes kept in a dead letter")
+    dead_letter_log_s: float = Field(30.0, gt=0, description="Dead-letter summary log interval")
 
     # -- models -------------------------------------------------------------------
     registry_dir: Path = Field(_CACHE / "registry", description="Model registry")

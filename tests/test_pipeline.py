@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import re
 import subprocess
 import sys
 import urllib.request
@@ -159,6 +160,13 @@ def test_events_become_predictions_and_bad_input_dead_letters(settings: Settings
     assert metric(text, "headwater_end_to_end_seconds_count") > 0
     assert metric(text, 'headwater_events_total{agent="infer"}') == GOOD
     assert metric(text, 'headwater_events_total{agent="ingest"}') == GOOD
+
+    def logged() -> int:
+        found = re.findall(rb"dead letters since last summary: (\d+)", worker.log.read_bytes())
+        return sum(int(n) for n in found)
+
+    wait_for(lambda: logged() >= 100, 30, "the dead-letter summary in the worker log")
+    assert logged() == 100
 
     health = orjson.loads(urllib.request.urlopen(
         f"http://127.0.0.1:{s.web_port}/health", timeout=10).read())
