@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.agents import wire_agents
 from streams.ingest import Ingest
+from streams.logs import json_logging_config
 from streams.outbox import Outbox
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -88,6 +89,7 @@ def create_app(settings: Settings) -> HeadwaterApp:
         broker_session_timeout=settings.session_timeout_ms / 1000,
         broker_heartbeat_interval=max(settings.session_timeout_ms / 5000, 0.5),
         broker_commit_interval=1.0,
+        logging_config=json_logging_config() if settings.log_format == "json" else None,
     )
     app.hw = settings
     app.outbox = Outbox(settings)

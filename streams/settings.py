@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     predictions_format: Literal["json", "arrow"] = Field(
         "json", description="One JSON message per event, or one Arrow batch per micro-batch")
     dead_letter_max_raw: int = Field(65536, description="Raw bytes kept in a dead letter")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Worker logs: human-readable, or one JSON object per line")
     dead_letter_log_s: float = Field(30.0, gt=0, description="Dead-letter summary log interval")
 
     # -- models -------------------------------------------------------------------

@@ -58,7 +58,7 @@ def settings(kafka: LocalKafka, registry_dir: Path, tmp_path: Path) -> Settings:
     return Settings(bootstrap=kafka.bootstrap, topic_prefix=f"t{tag}-", app_id=f"hw-{tag}",
                     web_port=free_port(), data_dir=tmp_path / "worker",
                     registry_dir=registry_dir, session_timeout_ms=6000, partitions=4,
-                    dead_letter_log_s=1.0)
+                    dead_letter_log_s=1.0, log_format="json")
 
 
 def settings_env(s: Settings) -> dict[str, str]:

@@ -167,6 +167,10 @@ def test_events_become_predictions_and_bad_input_dead_letters(settings: Settings
 
     wait_for(lambda: logged() >= 100, 30, "the dead-letter summary in the worker log")
     assert logged() == 100
+    records = [orjson.loads(line) for line in worker.log.read_bytes().splitlines()
+               if line.startswith(b'{"ts":')]
+    assert any("Worker ready" in r["msg"] for r in records)
+    assert {"ts", "level", "logger", "msg"} <= set(records[0])
 
     health = orjson.loads(urllib.request.urlopen(
         f"http://127.0.0.1:{s.web_port}/health", timeout=10).read())
