@@ -288,13 +288,7 @@ class SensorBatchBuilder:
 
     def _add_arrow(self, value: bytes | None, offset: int, source_time: int | None,
                    ingest_time: int) -> Rejected | list[Rejected] | None:
-        if not value:
-            return Rejected("empty-value", "message value is empty or null")
-        try:
-            table = read_ipc(value)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-            return Rejected("bad-arrow", str(exc)[:300])
-        checked = validate_sensor_table(table)
+        checked = _read_checked(value)
         if isinstance(checked, Rejected):
             return checked
         good, rejected = checked
@@ -349,6 +343,17 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
         idx = batch.schema.get_field_index(f.name)
         cols.append(batch.column(idx) if idx >= 0 else pa.nulls(batch.num_rows, f.type))
     return pa.RecordBatch.from_arrays(cols, schema=schema)
+
+
+def _read_checked(value: bytes | None) -> Rejected | tuple[pa.Table, list[Rejected]]:
+    """Read one Arrow message of sensor events and check it (`validate_sensor_table`)."""
+    if not value:
+        return Rejected("empty-value", "message value is empty or null")
+    try:
+        table = read_ipc(value)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        return Rejected("bad-arrow", str(exc)[:300])
+    return validate_sensor_table(table)
 
 
 def validate_sensor_table(table: pa.Table) -> Rejected | tuple[pa.Table, list[Rejected]]:
@@ -426,13 +431,7 @@ def sensor_batch(value: bytes | None, offset: int, source_time: int | None, now:
     >>> batch.column("source_offset").to_pylist(), [(r.reason, r.row) for r in bad]
     ([7], [('invalid-row', 1)])
     """
-    if not value:
-        return Rejected("empty-value", "message value is empty or null")
-    try:
-        table = read_ipc(value)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        return Rejected("bad-arrow", str(exc)[:300])
-    checked = validate_sensor_table(table)
+    checked = _read_checked(value)
     if isinstance(checked, Rejected):
         return checked
     good, bad = checked

@@ -45,7 +45,6 @@ class Ingest(Service):
         self.target = settings.topic("sensor-batches")
         self.group = f"{settings.app_id}-ingest"
         self.consumer: AIOKafkaConsumer | None = None
-        self.events = 0
         self._in_flight: asyncio.Queue[tuple[list[asyncio.Future[object]], Offsets]] = \
             asyncio.Queue(MAX_IN_FLIGHT)
 
@@ -127,7 +126,6 @@ class Ingest(Service):
                     headers=BATCH_HEADERS))
                 EVENTS.labels("ingest").inc(batch.num_rows)
                 BATCH_ROWS.labels("ingest").observe(batch.num_rows)
-                self.events += batch.num_rows
             offsets[tp] = records[-1].offset + 1
             high = self.consumer.highwater(tp)
             if high is not None:
