@@ -29,12 +29,22 @@ __all__ = [
     "Label",
     "Prediction",
     "SensorEvent",
+    "headers",
     "json_schema",
     "schema_id",
 ]
 
 JSON = "application/json"
 ARROW = "application/vnd.apache.arrow.stream"
+
+
+def headers(content_type: str, schema: str) -> list[tuple[str, bytes]]:
+    """The two headers every headwater message carries (DESIGN.md §2).
+
+    >>> headers(JSON, "prediction.v1")
+    [('content-type', b'application/json'), ('schema', b'prediction.v1')]
+    """
+    return [("content-type", content_type.encode()), ("schema", schema.encode())]
 
 
 def schema_id(name: str, version: int) -> str:
@@ -70,7 +80,7 @@ class _Message:
         return orjson.dumps(self.to_dict())
 
     def headers(self) -> list[tuple[str, bytes]]:
-        return [("content-type", JSON.encode()), ("schema", self.schema().encode())]
+        return headers(JSON, self.schema())
 
 
 @dataclass(frozen=True, slots=True)

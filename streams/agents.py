@@ -24,7 +24,7 @@ from models.inference import BatchScorer, pick_device
 from models.registry import LoadedModel, Registry
 from models.uncertainty import binary_entropy
 from schemas.codec import Rejected, read_ipc, sensor_batch, write_ipc
-from schemas.events import ARROW, JSON
+from schemas.events import ARROW, JSON, headers
 from streams.metrics import (
     BATCH_ROWS,
     END_TO_END_SECONDS,
@@ -39,9 +39,9 @@ __all__ = ["predictions_json", "wire_agents"]
 
 log = logging.getLogger(__name__)
 
-FEATURE_HEADERS = [("content-type", ARROW.encode()), ("schema", b"feature-batch.v1")]
-JSON_HEADERS = [("content-type", JSON.encode()), ("schema", b"prediction.v1")]
-ARROW_HEADERS = [("content-type", ARROW.encode()), ("schema", b"prediction.v1")]
+FEATURE_HEADERS = headers(ARROW, "feature-batch.v1")
+JSON_HEADERS = headers(JSON, "prediction.v1")
+ARROW_HEADERS = headers(ARROW, "prediction.v1")
 
 
 def predictions_json(t: pa.Table, probs: np.ndarray, unc: np.ndarray, model: LoadedModel,
@@ -144,7 +144,7 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
                 await dead("featurize", r, msg)
             if not batch.num_rows:
                 continue
-            keys = set(batch.column("sensor_id").to_pylist())
+            keys = pc.unique(batch.column("sensor_id")).to_pylist()
             before = {k: orjson.loads(v) for k in keys if (v := state.get(k)) is not None}
             out, after = sensor_features(batch, before, window)
             for k, s in after.items():

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from mode import Service
 
 from schemas.codec import Rejected, SensorBatchBuilder, write_ipc
-from schemas.events import ARROW
+from schemas.events import ARROW, headers
 from streams.metrics import BATCH_ROWS, CONSUMER_LAG, EVENTS, STAGE_SECONDS
 from streams.outbox import Outbox, now_ms
 from streams.settings import Settings
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 4
 Offsets = dict[TopicPartition, int]
 
-BATCH_HEADERS = [("content-type", ARROW.encode()), ("schema", b"sensor-event.v1")]
+BATCH_HEADERS = headers(ARROW, "sensor-event.v1")
 
 
 class Ingest(Service):

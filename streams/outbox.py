@@ -43,7 +43,6 @@ class Outbox:
         self._producer: AIOKafkaProducer | None = None
         self._partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
-        self.dead_letters = 0
         self.recent: Counter[tuple[str, str]] = Counter()  # (agent, reason) since last summary
 
     @property
@@ -81,6 +80,11 @@ class Outbox:
             self._partitions[topic] = sorted(parts)
         return self._partitions[topic]
 
+    def partition(self, key: bytes, parts: list[int]) -> int:
+        """The partition any Kafka client's default partitioner picks for `key`."""
+        p: int = self._partitioner(key, parts, parts)
+        return p
+
     async def send_keyed(self, topic: str, keys: Sequence[str], values: Sequence[bytes],
                          headers: Headers) -> list[asyncio.Future[object]]:
         """Send one message per (key, value), partitioned by key like any Kafka client.
@@ -96,7 +100,7 @@ class Outbox:
             found = where.get(key)
             if found is None:
                 kb = key.encode()
-                found = where[key] = (self._partitioner(kb, parts, parts), kb)
+                found = where[key] = (self.partition(kb, parts), kb)
             p, kb = found
             batch = batches.get(p)
             if batch is None:
@@ -139,7 +143,6 @@ class Outbox:
             raw_b64=base64.b64encode(raw[:limit]).decode(), raw_truncated=len(raw) > limit,
             dead_time=now_ms())
         DEAD_LETTERS.labels(agent, rejected.reason).inc()
-        self.dead_letters += 1
         self.recent[(agent, rejected.reason)] += 1
         return await self.send(self.settings.topic("dead-letters"), dl.to_json(), key=key,
                                headers=dl.headers())

@@ -15,14 +15,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.codec import READING_PREFIX, write_ipc
-from schemas.events import ARROW, JSON
+from schemas.events import ARROW, JSON, headers
 from streams.outbox import Outbox
 from streams.settings import Settings
 
 __all__ = ["produce_table", "sensor_json"]
 
-JSON_HEADERS = [("content-type", JSON.encode()), ("schema", b"sensor-event.v1")]
-ARROW_HEADERS = [("content-type", ARROW.encode()), ("schema", b"sensor-event.v1")]
+JSON_HEADERS = headers(JSON, "sensor-event.v1")
+ARROW_HEADERS = headers(ARROW, "sensor-event.v1")
 
 
 def sensor_json(t: pa.Table) -> list[bytes]:
@@ -84,14 +84,11 @@ async def produce_table(settings: Settings, table: pa.Table, topic: str, *, rate
 
 
 async def _send_arrow(outbox: Outbox, part: pa.Table, topic: str) -> list[asyncio.Future[object]]:
-    from aiokafka.partitioner import DefaultPartitioner
-
     parts = await outbox.partitions(topic)
-    partitioner = DefaultPartitioner()
     sensors = part.column("sensor_id")
     by_partition: dict[int, list[str]] = {}
     for s in pc.unique(sensors).to_pylist():
-        by_partition.setdefault(partitioner(s.encode(), parts, parts), []).append(s)
+        by_partition.setdefault(outbox.partition(s.encode(), parts), []).append(s)
     cols = [n for n in part.schema.names if n != "label"]
     out = []
     for p, keys in by_partition.items():
