@@ -1,3 +1,3 @@
 """Message shapes: JSON Schema files, the Python types, and the codec for input topics."""
 
-__all__ = ["codec", "events"]
+__all__ = ["codec", "engagement_codec", "events"]

@@ -314,8 +314,9 @@ class SensorBatchBuilder:
             cols += [pa.array([r.get(k) for r in self._readings], pa.float64()) for k in keys]
         schema = _with_readings(keys)
         self._parts.append(pa.RecordBatch.from_arrays(cols, schema=schema))
-        self._base = {f.name: [] for f in SENSOR_BASE}
-        self._readings = []
+        for column in self._base.values():  # in place: add_records holds these lists
+            column.clear()
+        self._readings.clear()
 
     def build(self) -> pa.RecordBatch:
         """One record batch of everything added, in message order; the builder is emptied."""
@@ -359,6 +360,9 @@ def _read_checked(value: bytes | None) -> Rejected | tuple[pa.Table, list[Reject
 def validate_sensor_table(table: pa.Table) -> Rejected | tuple[pa.Table, list[Rejected]]:
     """Check an Arrow batch of sensor events; keep the good rows, list the bad ones."""
     names = table.schema.names
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        return Rejected("bad-arrow", f"duplicate columns: {', '.join(dup)}"[:300])
     for col in ("event_id", "sensor_id", "event_time"):
         if col not in names:
             return Rejected("missing-field", col)

@@ -100,7 +100,14 @@ class SensorEvent(_Message):
 
 @dataclass(frozen=True, slots=True)
 class EngagementEvent(_Message):
-    """A user's impression of, or engagement with, an item."""
+    """A user's impression of, or engagement with, an item.
+
+    An absent `category` is left out of the JSON (the schema's `category` is a string):
+
+    >>> e = EngagementEvent("e1", "u1", "i1", 5, "click")
+    >>> "category" in e.to_dict(), EngagementEvent.from_dict(orjson.loads(e.to_json())) == e
+    (False, True)
+    """
 
     schema_name: ClassVar[str] = "engagement-event"
     event_id: str
@@ -109,7 +116,19 @@ class EngagementEvent(_Message):
     event_time: int
     kind: str
     value: float = 1.0
+    category: str | None = None
     context: dict[str, str | float | bool] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EngagementEvent:
+        return cls(d["event_id"], d["user_id"], d["item_id"], d["event_time"], d["kind"],
+                   d.get("value", 1.0), d.get("category"), dict(d.get("context") or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = _Message.to_dict(self)
+        if d["category"] is None:  # the schema's category is a string when present
+            del d["category"]
+        return d
 
 
 @dataclass(frozen=True, slots=True)

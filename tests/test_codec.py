@@ -10,8 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from schemas.codec import Rejected, SensorBatchBuilder, decode_sensor_json, read_ipc, write_ipc
-from schemas.events import ARROW, SensorEvent, json_schema
+from schemas.codec import (
+    Rejected,
+    SensorBatchBuilder,
+    decode_sensor_json,
+    read_ipc,
+    validate_sensor_table,
+    write_ipc,
+)
+from schemas.events import ARROW, SensorEvent, headers, json_schema
+from tests.fakes import FakeRecord
 
 ARROW_H = [("content-type", ARROW.encode())]
 GOOD = {"event_id": "e1", "sensor_id": "s1", "event_time": 1000, "readings": {"t": 1.5}}
@@ -122,8 +130,6 @@ def test_codec_agrees_with_the_json_schema(doc: object) -> None:
 
 def test_add_records_matches_add_one_by_one() -> None:
     """The inlined hot loop accepts and rejects exactly what `add` does, in order."""
-    from tests.fakes import FakeRecord
-
     h = [("content-type", b"application/json"), ("schema", b"sensor-event.v1")]
     values = [orjson.dumps({**GOOD, "event_id": f"e{i}", "readings": {"t": i, "u": 0.5}})
               for i in range(6)]
@@ -139,3 +145,22 @@ def test_add_records_matches_add_one_by_one() -> None:
     assert rejected == [(i, r) for i, r in singles if r is not None]
     assert [i for i, _ in rejected] == [2, 4, 6]
     assert many.build().equals(one.build())
+
+
+def test_json_after_an_arrow_message_in_one_poll_is_kept() -> None:
+    arrow = write_ipc(pa.table({"event_id": ["a1"], "sensor_id": ["s"], "event_time": [1],
+                                "readings.t": [1.0]}))
+    records = [FakeRecord(orjson.dumps({**GOOD, "event_id": f"j{i}"}), [], i) for i in range(2)]
+    records.append(FakeRecord(arrow, headers(ARROW, "sensor-event.v1"), 2))
+    records.append(FakeRecord(orjson.dumps({**GOOD, "event_id": "j3"}), [], 3))
+    b = SensorBatchBuilder()
+    assert b.add_records(records, 9) == []
+    assert b.build().column("event_id").to_pylist() == ["j0", "j1", "a1", "j3"]
+
+
+def test_an_arrow_batch_with_a_repeated_column_is_rejected_not_raised() -> None:
+    t = pa.Table.from_arrays([pa.array(["a"]), pa.array(["s"]), pa.array([1]), pa.array([1.0]),
+                              pa.array([2.0])],
+                             names=["event_id", "sensor_id", "event_time", "readings.t",
+                                    "readings.t"])
+    assert validate_sensor_table(t) == Rejected("bad-arrow", "duplicate columns: readings.t")
