@@ -169,7 +169,8 @@ def main() -> None:
     tag = uuid.uuid4().hex[:6]
     try:
         registry = Registry(work / "registry")
-        train_sensor_model(shuttle(sensors=args.sensors), registry, "shuttle", window=8,
+        train_sensor_model(shuttle(sensors=args.sensors), registry, "shuttle",
+                           config=base.sensor_features(),
                            epochs=4)
         s = base.model_copy(update={"topic_prefix": f"bench{tag}-",
                                     "registry_dir": work / "registry"})

@@ -1,123 +1,404 @@
-"""Sensor features from per-sensor state, computed a whole Arrow batch at a time.
+"""Sensor features over event-time windows, computed a whole Arrow batch at a time.
 
 Pure functions: the featurize agent, `train` and replay all call `sensor_features`, so
 the numbers a model was trained on are the numbers it is served.
 
-For each reading `r` of a sensor, over that sensor's events in offset order:
-`r.last` (the value), `r.delta` (minus the previous value; 0 for the first),
-`r.mean` and `r.std` (population) over the last `window` values, this one included.
+The definition. Each (sensor, reading) pair is one series. An event e of a sensor at
+event time t is *visible* to a later-processed event i when e was accepted before i,
+or is i itself. For each reading `r` of event i, over the visible events of its series
+with event time at most t_i:
+
+- `r.last` is the value; `r.delta` its difference from the previous value in event time
+  (ties: processing order), `r.since_last_s` the seconds between them, `r.rate` the
+  delta per second (all three 0 for the first value, `rate` 0 when no time passed);
+- for each window W (`r.count_W`, `r.mean_W`, `r.std_W`, `r.min_W`, `r.max_W`,
+  `r.z_W`): the statistics of the values with event time in (t_i - W, t_i]; std is the
+  population std; z is (value - mean) / std, and 0 when std <= 1e-12·max(1, |mean|);
+- for each half-life h, `r.ewma_h`: Σ 2^(-(t_i - t_j)/h)·x_j / Σ 2^(-(t_i - t_j)/h) over
+  every visible event j with t_j <= t_i (pandas' `ewm(halflife=h, times=...)` for an
+  in-order stream).
+
+For an in-order stream this is pandas' time-based `rolling(W, closed="right")`.
+An event earlier than the sensor's latest event time minus `lateness_ms` is rejected
+`late`; an event id already accepted for the sensor (within the lateness) is skipped
+as a `duplicate`; a reading outside its physical range is rejected `out-of-range`, and
+an event time more than `max_future_ms` after its ingest time `future`. Rejected rows
+produce no features and leave the state as it was.
 
 >>> import pyarrow as pa
->>> b = pa.record_batch({"event_id": ["a", "b", "c"], "sensor_id": ["s", "s", "s"],
-...                      "event_time": [1, 2, 3], "readings.t": [1.0, 3.0, 5.0]})
->>> out, state = sensor_features(b, {}, window=2)
->>> out.column("t.delta").to_pylist(), out.column("t.mean").to_pylist()
-([0.0, 2.0, 2.0], [1.0, 2.0, 4.0])
->>> state["s"]
-{'t': [5.0]}
+>>> cfg = SensorConfig(windows_ms=(2000,), half_lives_ms=(1000,), lateness_ms=1000)
+>>> b = pa.record_batch({"event_id": ["a", "b", "c", "d"], "sensor_id": ["s"] * 4,
+...                      "event_time": [0, 1000, 2000, 500], "readings.t": [1.0, 3.0, 5.0, 9.0]})
+>>> out, state, skipped = sensor_features(b, {}, cfg)
+>>> out.column("t.mean_2s").to_pylist(), out.column("t.delta").to_pylist()
+([1.0, 2.0, 4.0], [0.0, 2.0, 2.0])
+>>> skipped
+[Skip(row=3, reason='late', detail='event time 500 is 1500 ms behind the sensor, allowed 1000')]
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-from numpy.lib.stride_tricks import sliding_window_view
 
-__all__ = ["FEATURE_SET", "FEATURES", "SensorState", "feature_names", "sensor_features"]
+from models.windows import RangeStats, decayed_prefix
+
+__all__ = [
+    "FEATURE_SET",
+    "SensorConfig",
+    "SensorState",
+    "Skip",
+    "dump_state",
+    "duration_label",
+    "feature_names",
+    "load_state",
+    "parse_duration",
+    "sensor_features",
+]
 
 READING_PREFIX = "readings."
-FEATURES = ("last", "delta", "mean", "std")
-FEATURE_SET = "sensor-basic.v1"
+FEATURE_SET = "sensor.v2"
 PASS_THROUGH = ("event_id", "event_time", "source_time", "source_offset", "ingest_time")
+WINDOW_STATS = ("count", "mean", "std", "min", "max", "z")
 
-#: reading name -> the last `window - 1` values, oldest first
-SensorState = dict[str, list[float]]
+#: one sensor's state: `tmax` (latest accepted event time), `ids` ([event id, time] of the
+#: events within the lateness), `readings`, the time-sorted buffer of the last
+#: `horizon_ms`: times `t` and values `x` (rows x readings, NaN where absent), and per
+#: reading a row of `evicted`: [time, value] of the last value folded out, then Σw·x and
+#: Σw per half-life. `dump_state` / `load_state` turn it into compact JSON and back.
+SensorState = dict[str, Any]
+
+_UNITS = (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1))
 
 
-def feature_names(readings: Sequence[str]) -> list[str]:
+def parse_duration(text: str) -> int:
+    """Milliseconds in `500ms`, `30s`, `15m`, `1h` or `1d`.
+
+    >>> parse_duration("15m"), parse_duration("1h"), parse_duration("250ms")
+    (900000, 3600000, 250)
+    """
+    text = text.strip()
+    for unit, ms in sorted(_UNITS, key=lambda u: -len(u[0])):
+        number = text.removesuffix(unit)
+        if number != text and number.replace(".", "", 1).isdigit():
+            return round(float(number) * ms)
+    raise ValueError(f"not a duration: {text!r} (use e.g. 500ms, 30s, 15m, 1h, 1d)")
+
+
+def duration_label(ms: int) -> str:
+    """The shortest exact label of a duration: the inverse of `parse_duration`.
+
+    >>> duration_label(900000), duration_label(90000), duration_label(1500)
+    ('15m', '90s', '1500ms')
+    """
+    for unit, size in _UNITS:
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    raise AssertionError("unreachable: every duration is a whole number of ms")
+
+
+@dataclass(frozen=True)
+class SensorConfig:
+    """Windows, half-lives and input rules of the sensor feature set."""
+
+    windows_ms: tuple[int, ...] = (60_000, 900_000, 3_600_000)
+    half_lives_ms: tuple[int, ...] = (300_000, 3_600_000)
+    lateness_ms: int = 300_000
+    max_future_ms: int = 86_400_000
+    #: reading name -> (low, high) allowed; any reading: |value| <= `abs_max`
+    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    abs_max: float = 1e12
+
+    @property
+    def horizon_ms(self) -> int:
+        """How far behind its latest event a sensor's values are kept."""
+        return self.lateness_ms + max(self.windows_ms)
+
+
+class Skip(NamedTuple):
+    """A row that produced no features: its index in the batch, a reason, details."""
+
+    row: int
+    reason: str
+    detail: str
+
+
+def feature_names(readings: Sequence[str], config: SensorConfig) -> list[str]:
     """Stable feature names for readings, in the order models expect them.
 
-    >>> feature_names(["b", "a"])
-    ['a.last', 'a.delta', 'a.mean', 'a.std', 'b.last', 'b.delta', 'b.mean', 'b.std']
+    >>> feature_names(["t"], SensorConfig(windows_ms=(60000,), half_lives_ms=(1000,)))
+    ['t.last', 't.delta', 't.rate', 't.since_last_s', 't.count_1m', 't.mean_1m', \
+'t.std_1m', 't.min_1m', 't.max_1m', 't.z_1m', 't.ewma_1s']
     """
-    return [f"{r}.{f}" for r in sorted(readings) for f in FEATURES]
+    per = ["last", "delta", "rate", "since_last_s"]
+    per += [f"{s}_{duration_label(w)}" for w in config.windows_ms for s in WINDOW_STATS]
+    per += [f"ewma_{duration_label(h)}" for h in config.half_lives_ms]
+    return [f"{r}.{f}" for r in sorted(readings) for f in per]
 
 
-def _features(history: np.ndarray, values: np.ndarray, window: int
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Features of one sensor's new values, for several readings at once.
+def sensor_features(batch: pa.RecordBatch, states: Mapping[str, SensorState],
+                    config: SensorConfig
+                    ) -> tuple[pa.RecordBatch, dict[str, SensorState], list[Skip]]:
+    """Features for every accepted row of a sensor batch, new states, and skipped rows.
 
-    `history` (h x R) and `values` (k x R) hold no NaN. Returns the features
-    (k x R x 4: last, delta, mean, std) and the last `window - 1` rows to keep.
-    """
-    k, r = values.shape
-    h = len(history)
-    series = np.concatenate([history, values])
-    prev = series[h - 1:-1] if h else np.concatenate([values[:1], values[:-1]])
-    delta = values - prev
-    if h >= window - 1:  # a full window behind every new value: no padding needed
-        windows = sliding_window_view(series[h - window + 1:], window, axis=0)
-        mean = windows.sum(axis=2) / window
-        std = np.sqrt(((windows - mean[:, :, None]) ** 2).sum(axis=2) / window)
-    else:
-        padded = np.concatenate([np.full((window - 1, r), np.nan), series])
-        windows = sliding_window_view(padded, window, axis=0)[-k:]  # k x R x window
-        count = np.sum(~np.isnan(windows), axis=2)
-        mean = np.nansum(windows, axis=2) / count
-        std = np.sqrt(np.nansum((windows - mean[:, :, None]) ** 2, axis=2) / count)
-    return np.stack([values, delta, mean, std], axis=2), series[-(window - 1):]
-
-
-def sensor_features(batch: pa.RecordBatch, states: Mapping[str, SensorState], window: int
-                    ) -> tuple[pa.RecordBatch, dict[str, SensorState]]:
-    """Features for every row of a sensor batch, and the new state of each sensor in it.
-
-    Rows keep their order. A reading absent from a row gives null features for it.
-    `states` is not modified; the returned dict holds the sensors seen in this batch.
+    Output rows keep batch order. A reading absent from a row gives null features for
+    it. `states` is not modified; the returned dict holds the sensors updated here.
     """
     readings = sorted(n.removeprefix(READING_PREFIX) for n in batch.schema.names
                       if n.startswith(READING_PREFIX))
     n = batch.num_rows
-    encoded = pc.dictionary_encode(batch.column("sensor_id"))  # sensor -> small int, in C
+    times = batch.column("event_time").to_numpy(zero_copy_only=False).astype(np.int64)
     matrix = np.column_stack(
         [batch.column(READING_PREFIX + r).to_numpy(zero_copy_only=False).astype(np.float64)
          for r in readings]) if readings else np.zeros((n, 0))
-    out = np.full((n, len(readings) * len(FEATURES)), np.nan)
+    encoded = pc.dictionary_encode(batch.column("sensor_id"))
+    keys = [str(k) for k in encoded.dictionary.to_pylist()]
+    group = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    reasons = _stateless_checks(batch, times, matrix, readings, config)
+    _check_duplicates(batch, group, keys, states, reasons)
+    _check_late(times, group, keys, states, reasons, config)
+    accepted = np.array([r is None for r in reasons], bool)
+
+    names = feature_names(readings, config)
+    width = len(names) // max(len(readings), 1)
+    out = np.full((n, len(readings), width), np.nan)
     new_states: dict[str, SensorState] = {}
-    keys = encoded.dictionary.to_pylist()
-    inverse = encoded.indices.to_numpy(zero_copy_only=False)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.cumsum(np.bincount(inverse, minlength=len(keys)))
-    start = 0
+    order = np.argsort(group, kind="stable")
+    bounds = np.searchsorted(group[order], np.arange(len(keys) + 1))
+    event_ids = batch.column("event_id")
     for g, key in enumerate(keys):
-        rows = order[start:bounds[g]]
-        start = bounds[g]
-        state = {r: list(v) for r, v in states.get(key, {}).items()}
-        block = matrix[rows]
-        lengths = {len(state.get(r, [])) for r in readings}
-        if len(lengths) == 1 and not np.isnan(block).any():  # every reading in every row
-            hist = np.array([state.get(r, []) for r in readings]).reshape(len(readings), -1).T
-            feats, keep = _features(hist, block, window)
-            out[rows] = feats.reshape(len(rows), -1)
-            state = {r: keep[:, j].tolist() for j, r in enumerate(readings)}
-        else:  # readings missing from some rows: each reading over the rows that have it
-            for j, r in enumerate(readings):
-                present = ~np.isnan(block[:, j])
-                if not present.any():
-                    continue
-                hist = np.array(state.get(r, []), dtype=np.float64).reshape(-1, 1)
-                feats, keep = _features(hist, block[present, j:j + 1], window)
-                out[rows[present], j * 4:(j + 1) * 4] = feats.reshape(-1, 4)
-                state[r] = keep[:, 0].tolist()
-        new_states[str(key)] = state
-    cols: dict[str, pa.Array] = {c: batch.column(c) for c in PASS_THROUGH
+        rows = order[bounds[g]:bounds[g + 1]]
+        rows = rows[accepted[rows]]
+        if not len(rows):
+            continue
+        state = states.get(key)
+        tmax = int(times[rows].max())
+        if state is not None:
+            tmax = max(tmax, state["tmax"])
+        feats, new_states[key] = _sensor(state, readings, times[rows], matrix[rows], tmax,
+                                         config)
+        out[rows] = feats
+        recent = times[rows] >= tmax - config.lateness_ms
+        ids = [p for p in state["ids"] if p[1] >= tmax - config.lateness_ms] if state else []
+        ids += [[i, t] for i, t in zip(event_ids.take(pa.array(rows[recent])).to_pylist(),
+                                       times[rows[recent]].tolist(), strict=True)]
+        new_states[key]["ids"] = ids
+    out = out.reshape(n, -1)
+
+    keep = pa.array(accepted)
+    cols: dict[str, pa.Array] = {c: batch.column(c).filter(keep) for c in PASS_THROUGH
                                  if c in batch.schema.names}
-    cols["entity_id"] = batch.column("sensor_id")
-    for j, name in enumerate(feature_names(readings)):
-        col = out[:, j]
+    cols["entity_id"] = batch.column("sensor_id").filter(keep)
+    for j, name in enumerate(names):
+        col = out[accepted, j]
         cols[name] = pa.array(col, pa.float64(), mask=np.isnan(col))
-    meta = {b"feature_set": FEATURE_SET.encode(), b"window": str(window).encode()}
-    return pa.RecordBatch.from_pydict(cols).replace_schema_metadata(meta), new_states
+    meta = {b"feature_set": FEATURE_SET.encode(), b"feature_names": ",".join(names).encode()}
+    skipped = [Skip(i, r[0], r[1]) for i, r in enumerate(reasons) if r is not None]
+    return (pa.RecordBatch.from_pydict(cols).replace_schema_metadata(meta), new_states,
+            skipped)
+
+
+def dump_state(state: SensorState, **extra: object) -> bytes:
+    """One sensor's state as JSON, arrays as base64 of their little-endian bytes.
+
+    >>> s = {"tmax": 5, "ids": [["a", 5]], "readings": ["t"], "t": np.array([5]),
+    ...      "x": np.array([[1.5]]), "evicted": np.full((1, 4), np.nan)}
+    >>> back = load_state(dump_state(s, asof=7))
+    >>> back["asof"], back["x"].tolist(), np.isnan(back["evicted"]).all()
+    (7, [[1.5]], np.True_)
+    """
+    doc = {k: v for k, v in state.items() if k not in _ARRAYS}
+    for k, dtype in _ARRAYS.items():
+        arr = np.ascontiguousarray(state[k], dtype)
+        doc[k] = [list(arr.shape), base64.b64encode(arr.tobytes()).decode()]
+    return orjson.dumps(doc | extra)
+
+
+def load_state(raw: bytes | str) -> SensorState:
+    """The inverse of `dump_state`."""
+    doc: SensorState = orjson.loads(raw)
+    for k, dtype in _ARRAYS.items():
+        shape, data = doc[k]
+        doc[k] = np.frombuffer(base64.b64decode(data), dtype).reshape(shape).copy()
+    return doc
+
+
+_ARRAYS = {"t": np.dtype("<i8"), "x": np.dtype("<f8"), "evicted": np.dtype("<f8")}
+
+Reasons = list[tuple[str, str] | None]
+
+
+def _stateless_checks(batch: pa.RecordBatch, times: np.ndarray, matrix: np.ndarray,
+                      readings: list[str], config: SensorConfig) -> Reasons:
+    """Out-of-range readings and event times too far in the future."""
+    reasons: Reasons = [None] * batch.num_rows
+    for j, r in enumerate(readings):
+        low, high = config.ranges.get(r, (-config.abs_max, config.abs_max))
+        col = matrix[:, j]
+        for i in np.nonzero((col < low) | (col > high))[0].tolist():
+            reasons[i] = ("out-of-range", f"{r}={col[i]!r} outside [{low!r}, {high!r}]")
+    if "ingest_time" in batch.schema.names:
+        ingest = batch.column("ingest_time").to_numpy(zero_copy_only=False)
+        ingest = np.where(np.isnan(ingest.astype(np.float64)), np.inf, ingest)
+        ahead = times - ingest
+        for i in np.nonzero(ahead > config.max_future_ms)[0].tolist():
+            if reasons[i] is None:
+                reasons[i] = ("future", f"event time {times[i]} is {int(ahead[i])} ms after "
+                              f"ingest, allowed {config.max_future_ms}")
+    return reasons
+
+
+def _check_duplicates(batch: pa.RecordBatch, group: np.ndarray, keys: list[str],
+                      states: Mapping[str, SensorState], reasons: Reasons) -> None:
+    """Skip event ids already accepted for the sensor, or earlier in this batch."""
+    ids = batch.column("event_id")
+    known = [p[0] for k in keys if (s := states.get(k)) for p in s["ids"]]
+    seen = pc.is_in(ids, value_set=pa.array(known, pa.string())).to_numpy(
+        zero_copy_only=False) if known else np.zeros(len(ids), bool)
+    open_rows = np.array([r is None for r in reasons], bool)
+    _, first = np.unique(np.asarray(ids.to_pylist(), object)[open_rows].astype(str),
+                         return_index=True) if open_rows.any() else (None, np.empty(0, int))
+    repeated = open_rows.copy()
+    repeated[np.nonzero(open_rows)[0][first]] = False
+    for i in np.nonzero(open_rows & (seen | repeated))[0].tolist():
+        reasons[i] = ("duplicate", f"event id {ids[i].as_py()!r} already processed")
+
+
+def _check_late(times: np.ndarray, group: np.ndarray, keys: list[str],
+                states: Mapping[str, SensorState], reasons: Reasons,
+                config: SensorConfig) -> None:
+    """Reject events more than the lateness behind their sensor's latest event time."""
+    open_rows = np.nonzero([r is None for r in reasons])[0]
+    if not len(open_rows):
+        return
+    g, t = group[open_rows], times[open_rows]
+    floor = np.array([(s["tmax"] if (s := states.get(k)) and s["tmax"] is not None
+                       else -(1 << 62)) for k in keys], np.int64)
+    order = np.argsort(g, kind="stable")
+    span = (1 << 46)  # event times are below 2^45 ms (year 3000): groups never mix
+    keyed = g[order] * span + np.maximum(t[order], floor[g[order]])
+    running = np.empty(len(t), np.int64)
+    running[order] = np.maximum.accumulate(keyed) - g[order] * span
+    behind = running - t
+    for i in np.nonzero(behind > config.lateness_ms)[0].tolist():
+        reasons[open_rows[i]] = ("late", f"event time {t[i]} is {int(behind[i])} ms behind "
+                                 f"the sensor, allowed {config.lateness_ms}")
+
+
+def _sensor(state: SensorState | None, readings: list[str], t_new: np.ndarray,
+            x_new: np.ndarray, tmax: int, config: SensorConfig
+            ) -> tuple[np.ndarray, SensorState]:
+    """Features of one sensor's new rows (rows x readings x features), and its new state.
+
+    The sensor's readings share one time-sorted buffer; a reading absent from a row is
+    NaN there and counts for nothing.
+    """
+    known = list(state["readings"]) if state else []
+    names = sorted(set(known) | set(readings))
+    cols = [names.index(r) for r in readings]
+    empty_ev = [np.nan, np.nan] + [0.0] * (2 * len(config.half_lives_ms))
+    if state is None:
+        t = np.empty(0, np.int64)
+        x = np.empty((0, len(names)))
+        evicted = np.array([empty_ev] * len(names)).reshape(len(names), -1)
+    else:
+        t = state["t"]
+        x, evicted = state["x"], state["evicted"]
+        if names != known:  # a reading new to this sensor: absent from its history
+            x = np.column_stack([x[:, known.index(r)] if r in known
+                                 else np.full(len(t), np.nan) for r in names])
+            evicted = np.array([evicted[known.index(r)] if r in known else empty_ev
+                                for r in names])
+    new = np.full((len(t_new), len(names)), np.nan)
+    new[:, cols] = x_new
+    parts: list[np.ndarray] = []
+    i, k = 0, len(t_new)
+    while i < k:  # runs of in-order rows are appended at once; a late one is inserted
+        if len(t) and t_new[i] < t[-1]:
+            pos = int(np.searchsorted(t, t_new[i], "right"))
+            t = np.insert(t, pos, t_new[i])
+            x = np.insert(x, pos, new[i], axis=0)
+            parts.append(_at(t, x, np.array([pos]), evicted, config))
+            i += 1
+            continue
+        stop = i + 1
+        while stop < k and t_new[stop] >= t_new[stop - 1]:
+            stop += 1
+        base = len(t)
+        t = np.concatenate([t, t_new[i:stop]])
+        x = np.concatenate([x, new[i:stop]])
+        parts.append(_at(t, x, np.arange(base, len(t)), evicted, config))
+        i = stop
+    t, x, evicted = _evict(t, x, evicted, tmax - config.horizon_ms, config.half_lives_ms)
+    feats = np.concatenate(parts)[:, cols]
+    feats[np.isnan(x_new)] = np.nan
+    return feats, {"tmax": tmax, "ids": [], "readings": names, "t": t, "x": x,
+                   "evicted": evicted}
+
+
+def _at(t: np.ndarray, x: np.ndarray, pos: np.ndarray, evicted: np.ndarray,
+        config: SensorConfig) -> np.ndarray:
+    """Features (rows x readings x features) of the rows at `pos` of the sorted buffer."""
+    present = ~np.isnan(x)
+    idx = np.where(present, np.arange(len(t))[:, None], -1)
+    last = np.maximum.accumulate(idx, axis=0)
+    prev = np.where(pos[:, None] > 0, last[np.maximum(pos - 1, 0)], -1)
+    in_buffer = prev >= 0
+    prev_x = np.where(in_buffer, x[np.maximum(prev, 0), np.arange(x.shape[1])], evicted[:, 1])
+    prev_t = np.where(in_buffer, t[np.maximum(prev, 0)], evicted[:, 0])
+    value = x[pos]
+    has_prev = ~np.isnan(prev_t)
+    delta = np.where(has_prev, value - prev_x, 0.0)
+    gap_s = np.where(has_prev, (t[pos][:, None] - prev_t) / 1000.0, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(gap_s > 0, delta / gap_s, 0.0)
+    cols = [value, delta, rate, gap_s]
+    stats = RangeStats(x)
+    hi = pos + 1
+    for w in config.windows_ms:
+        lo = np.searchsorted(t, t[pos] - w, "right")
+        count, mean, std, mn, mx = stats.query(lo, hi)
+        flat = std <= 1e-12 * np.maximum(1.0, np.abs(mean))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(flat, 0.0, (value - mean) / std)
+        cols += [count.astype(np.float64), mean, std, mn, mx, z]
+    for j, h in enumerate(config.half_lives_ms):
+        sums, weights = decayed_prefix(t, x, float(h))
+        decay = np.nan_to_num(np.exp2(-(t[pos][:, None] - evicted[:, 0]) / h))
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 for absent readings
+            cols.append((sums[pos] + evicted[:, 2 + 2 * j] * decay)
+                        / (weights[pos] + evicted[:, 3 + 2 * j] * decay))
+    return np.stack(cols, axis=2)
+
+
+def _evict(t: np.ndarray, x: np.ndarray, evicted: np.ndarray, horizon: int,
+           halves: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fold rows at or before `horizon` into each reading's decayed sums and last value.
+
+    No event still acceptable has a window reaching back to them; the last value of
+    each reading stays as the predecessor (for `delta`) of the next.
+    """
+    cut = int(np.searchsorted(t, horizon, "right"))
+    if cut == 0:
+        return t, x, evicted
+    evicted = evicted.copy()
+    for r in range(x.shape[1]):
+        present = ~np.isnan(x[:cut, r])
+        if not present.any():
+            continue
+        t_old, x_old = t[:cut][present], x[:cut, r][present]
+        t_ev = float(t_old[-1])
+        for j, h in enumerate(halves):
+            w = np.exp2(-(t_ev - t_old) / h)
+            decay = 0.0 if np.isnan(evicted[r, 0]) else np.exp2(-(t_ev - evicted[r, 0]) / h)
+            evicted[r, 2 + 2 * j] = evicted[r, 2 + 2 * j] * decay + float(w @ x_old)
+            evicted[r, 3 + 2 * j] = evicted[r, 3 + 2 * j] * decay + float(w.sum())
+        evicted[r, 0], evicted[r, 1] = t_ev, x_old[-1]
+    return t[cut:], x[cut:], evicted

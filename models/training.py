@@ -16,7 +16,7 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
-from models.features import FEATURE_SET, feature_names, sensor_features
+from models.features import FEATURE_SET, SensorConfig, feature_names, sensor_features
 from models.inference import BatchScorer
 from models.registry import Registry
 from models.sensor import SensorMLP
@@ -48,26 +48,30 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def feature_matrix(events: pa.Table, window: int) -> tuple[np.ndarray, list[str]]:
-    """Features of every event (in table order, from empty state) as float32 rows."""
+def feature_matrix(events: pa.Table, config: SensorConfig
+                   ) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Features of the events the featurize agent accepts (from empty state), as float32
+    rows, their names, and the accepted rows' indices into `events`."""
     batch = events.combine_chunks().to_batches()[0]
-    feats, _ = sensor_features(batch, {}, window)
+    feats, _, skipped = sensor_features(batch, {}, config)
     readings = [n.removeprefix("readings.") for n in events.schema.names
                 if n.startswith("readings.")]
-    names = feature_names(readings)
+    names = feature_names(readings, config)
     x = np.column_stack([feats.column(n).to_numpy(zero_copy_only=False) for n in names])
-    return np.nan_to_num(x.astype(np.float32)), names
+    kept = np.setdiff1d(np.arange(events.num_rows), [s.row for s in skipped])
+    return np.nan_to_num(x.astype(np.float32)), names, kept
 
 
-def train_sensor_model(events: pa.Table, registry: Registry, name: str, *, window: int,
+def train_sensor_model(events: pa.Table, registry: Registry, name: str, *,
+                       config: SensorConfig,
                        epochs: int = 15, seed: int = 0, device: torch.device | None = None,
                        val_fraction: float = 0.2, promote: bool = True) -> TrainResult:
     """Train, validate, save to the registry (and promote), return the version and metrics."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = device or torch.device("cpu")
-    x, names = feature_matrix(events, window)
-    y = events.column("label").to_numpy().astype(np.float32)
+    x, names, kept = feature_matrix(events, config)
+    y = events.column("label").to_numpy().astype(np.float32)[kept]
     cut = int(len(x) * (1 - val_fraction))
     x_tr, y_tr, x_va, y_va = x[:cut], y[:cut], x[cut:], y[cut:]
 
@@ -97,7 +101,7 @@ def train_sensor_model(events: pa.Table, registry: Registry, name: str, *, windo
         "train_rows": float(len(x_tr)), "val_rows": float(len(x_va)),
     }
     version = registry.save(name, model, init_args, feature_names=names,
-                            feature_set=f"{FEATURE_SET};window={window}", metrics=metrics)
+                            feature_set=FEATURE_SET, metrics=metrics)
     if promote:
         registry.promote(name, version)
     log.info("trained %s v%d: %s", name, version, metrics)

@@ -19,18 +19,24 @@ import pyarrow.compute as pc
 from faust import App
 from faust.types import StreamT
 
-from models.features import sensor_features
+from models.engagement import engagement_features, engagement_state_keys
+from models.features import FEATURE_SET, dump_state, load_state, sensor_features
 from models.inference import BatchScorer, pick_device
 from models.registry import LoadedModel, Registry
 from models.uncertainty import binary_entropy
+from schemas.codec import METADATA as SENSOR_META
 from schemas.codec import Rejected, read_ipc, sensor_batch, write_ipc
+from schemas.engagement_codec import engagement_batch
 from schemas.events import ARROW, JSON, headers
 from streams.metrics import (
     BATCH_ROWS,
+    DUPLICATES,
     END_TO_END_SECONDS,
     EVENTS,
     MODEL_VERSION,
+    REPLAYED,
     STAGE_SECONDS,
+    UNSCORED,
 )
 from streams.outbox import Outbox, now_ms
 from streams.settings import Settings
@@ -40,6 +46,8 @@ __all__ = ["predictions_json", "wire_agents"]
 log = logging.getLogger(__name__)
 
 FEATURE_HEADERS = headers(ARROW, "feature-batch.v1")
+OFFSET_MARK = "source-offset"
+SERVED_FEATURE_SET = FEATURE_SET  # the sensor model; the engagement model comes with its agent
 JSON_HEADERS = headers(JSON, "prediction.v1")
 ARROW_HEADERS = headers(ARROW, "prediction.v1")
 
@@ -114,7 +122,7 @@ def _json_ints(col: pa.ChunkedArray) -> pa.Array:
 
 
 def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
-    """Declare the topics, the state table and the agents on `app`.
+    """Declare the topics, the state tables and the agents on `app`.
 
     Returns the infer agent's loaded model (`model`, `scorer`), filled once it starts.
     """
@@ -124,14 +132,24 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
     features = app.topic(settings.topic("features"), value_type=bytes,
                          value_serializer="raw", key_serializer="raw", partitions=n)
     state = app.Table("sensor-state", default=None, partitions=n, key_type=str, value_type=str)
-    window = settings.feature_window
+    config = settings.sensor_features()
+    features_topic = settings.topic("features")
 
-    async def dead(agent: str, r: Rejected, msg: Any) -> None:
-        await outbox.dead_letter(agent, r, topic=msg.topic, partition=msg.partition,
-                                 offset=msg.offset, key=msg.key, raw=msg.value)
+    async def dead(agent: str, r: Rejected, msg: Any) -> asyncio.Future[object]:
+        return await outbox.dead_letter(agent, r, topic=msg.topic, partition=msg.partition,
+                                        offset=msg.offset, key=msg.key, raw=msg.value)
 
     @app.agent(batches, name="featurize")
     async def featurize(stream: StreamT[bytes]) -> AsyncIterable[None]:
+        """Sensor batches to feature batches; per-sensor state in the `sensor-state` table.
+
+        Crash-equal state: each sensor's state records the offset of the batch message
+        that last changed it (`asof`) and is written only after that batch's features
+        and dead letters are acknowledged. A batch replayed after a crash skips the
+        sensors whose state already includes it (their features were delivered) and
+        recomputes the others from exactly the state they had, so every event's
+        features equal those of an uninterrupted run.
+        """
         async for event in stream.events():
             msg = event.message
             started = time.perf_counter()
@@ -140,20 +158,101 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
                 await dead("featurize", checked, msg)
                 continue
             batch, rejected = checked
-            for r in rejected:
-                await dead("featurize", r, msg)
-            if not batch.num_rows:
-                continue
+            pending = [await dead("featurize", r, msg) for r in rejected]
             keys = pc.unique(batch.column("sensor_id")).to_pylist()
-            before = {k: orjson.loads(v) for k in keys if (v := state.get(k)) is not None}
-            out, after = sensor_features(batch, before, window)
+            stored = {k: load_state(v) for k in keys if (v := state.get(k)) is not None}
+            done = [k for k, s in stored.items() if s.get("asof", -1) >= msg.offset]
+            if done:
+                skip = pc.is_in(batch.column("sensor_id"), value_set=pa.array(done))
+                REPLAYED.labels("featurize").inc(pc.sum(skip).as_py())
+                batch = batch.filter(pc.invert(skip))
+                stored = {k: v for k, v in stored.items() if k not in done}
+            out, after, skipped = sensor_features(batch, stored, config)
+            rows = batch.select([c for c in batch.schema.names if c not in SENSOR_META])
+            for sk in skipped:
+                if sk.reason == "duplicate":
+                    DUPLICATES.labels("featurize").inc()
+                    continue
+                pending.append(await outbox.dead_letter(
+                    "featurize", Rejected(sk.reason, sk.detail, sk.row), topic=msg.topic,
+                    partition=msg.partition, offset=msg.offset,
+                    key=batch.column("sensor_id")[sk.row].as_py().encode(),
+                    raw=orjson.dumps(rows.slice(sk.row, 1).to_pylist()[0])))
+            if out.num_rows:
+                pending.append(await outbox.send(features_topic, write_ipc(out),
+                                                 partition=msg.partition,
+                                                 headers=FEATURE_HEADERS))
+            await asyncio.gather(*pending)  # delivered before the state moves past them
             for k, s in after.items():
-                state[k] = orjson.dumps(s).decode()
-            await features.send(value=write_ipc(out), partition=msg.partition,
-                                headers=FEATURE_HEADERS)
+                state[k] = dump_state(s, asof=msg.offset).decode()
             EVENTS.labels("featurize").inc(out.num_rows)
             BATCH_ROWS.labels("featurize").observe(out.num_rows)
             STAGE_SECONDS.labels("featurize").observe(time.perf_counter() - started)
+            yield None
+
+    engagement_batches = app.topic(settings.topic("engagement-batches"), value_type=bytes,
+                                   value_serializer="raw", key_serializer="raw", partitions=n)
+    engagement_state = app.Table("engagement-state", default=None, partitions=n,
+                                 key_type=str, value_type=str)
+    engagement_config = settings.engagement_features()
+
+    @app.agent(engagement_batches, name="featurize-engagement")
+    async def featurize_engagement(stream: StreamT[bytes]) -> AsyncIterable[None]:
+        """Engagement batches to feature batches; user, item and user x category state in
+        the `engagement-state` table, partitioned like the input (by user).
+
+        An event reads three states, so a batch is replayed all or nothing: each state
+        keeps `prev` (before the batch that last changed it) beside `cur`, and `asof`,
+        that batch's offset. The changelog partition of a batch is its input partition,
+        written in order, so after a crash every batch before the last one written is
+        whole: a replayed batch is done when any of its states is past it or all are at
+        it, and is recomputed from `prev` where its writes were cut short.
+        """
+        async for event in stream.events():
+            msg = event.message
+            started = time.perf_counter()
+            checked = engagement_batch(event.value, msg.offset, msg.timestamp, now_ms())
+            if isinstance(checked, Rejected):
+                await dead("featurize-engagement", checked, msg)
+                continue
+            batch, rejected = checked
+            pending = [await dead("featurize-engagement", r, msg) for r in rejected]
+            mark = OFFSET_MARK  # the last source offset applied
+            keys = [*engagement_state_keys(batch), mark]
+            # items meet in every partition: state per partition; keys printable (a control
+            # character in a table key did not survive changelog recovery)
+            scope = f"{msg.partition}/"
+            names = {k: scope + k.encode("unicode_escape").decode() for k in keys}
+            stored = {k: orjson.loads(v) for k in keys
+                      if (v := engagement_state.get(names[k])) is not None}
+            at = [d["asof"] for d in stored.values()]
+            if at and (max(at) > msg.offset or (len(at) == len(keys)
+                                                and min(at) == msg.offset)):
+                REPLAYED.labels("featurize-engagement").inc(batch.num_rows)
+                yield None
+                continue
+            before = {k: d["prev"] if d["asof"] == msg.offset else d["cur"]
+                      for k, d in stored.items()}
+            applied = before.pop(mark, None)
+            if applied is not None:  # events ingest sent again after a crash
+                again = pc.less_equal(batch.column("source_offset"), applied)
+                DUPLICATES.labels("featurize-engagement").inc(pc.sum(again).as_py() or 0)
+                batch = batch.filter(pc.invert(again))
+            out, after = engagement_features(batch, before, engagement_config)
+            if out.num_rows:
+                pending.append(await outbox.send(features_topic, write_ipc(out),
+                                                 partition=msg.partition,
+                                                 headers=FEATURE_HEADERS))
+            await asyncio.gather(*pending)  # delivered before the state moves past them
+            if batch.num_rows:
+                after[mark] = pc.max(batch.column("source_offset")).as_py()
+                before[mark] = applied
+            for k, cur in after.items():
+                engagement_state[names[k]] = orjson.dumps(
+                    {"asof": msg.offset, "prev": before.get(k), "cur": cur}).decode()
+            EVENTS.labels("featurize-engagement").inc(out.num_rows)
+            BATCH_ROWS.labels("featurize-engagement").observe(out.num_rows)
+            STAGE_SECONDS.labels("featurize-engagement").observe(time.perf_counter() - started)
             yield None
 
     registry = Registry(settings.registry_dir)
@@ -183,17 +282,22 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
             for event in events:
                 try:
                     t = read_ipc(event.value)
-                    tables.append(t.append_column("source_partition", pa.array(
-                        [event.message.partition] * t.num_rows, pa.int32())))
                 except (pa.ArrowInvalid, OSError) as exc:
                     await dead("infer", Rejected("bad-arrow", str(exc)[:300]), event.message)
+                    continue
+                feature_set = (t.schema.metadata or {}).get(b"feature_set", b"").decode()
+                if feature_set != model.manifest.get("feature_set", SERVED_FEATURE_SET):
+                    UNSCORED.labels(feature_set or "unknown").inc(t.num_rows)
+                    continue
+                tables.append(t.append_column("source_partition", pa.array(
+                    [event.message.partition] * t.num_rows, pa.int32())))
             pending: list[asyncio.Future[object]] = []
             for t in _chunks(tables, settings.infer_max_rows):
                 pending += await _infer_batch(t, model, score, outbox, settings)
             await asyncio.gather(*pending)
             yield None
 
-    _ = (featurize, infer)
+    _ = (featurize, featurize_engagement, infer)
     return loaded
 
 

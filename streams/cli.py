@@ -79,7 +79,7 @@ def register_commands(app: HeadwaterApp) -> None:
 
         events = shuttle(sensors=sensors)
         result = train_sensor_model(events, Registry(settings.registry_dir),
-                                    settings.sensor_model, window=settings.feature_window,
+                                    settings.sensor_model, config=settings.sensor_features(),
                                     epochs=epochs, seed=seed, device=pick_device(settings.device))
         m = result.metrics
         print(f"trained {result.name} v{result.version} on {int(m['train_rows'])} events: "

@@ -1,10 +1,11 @@
-"""ingest: raw sensor events in, validated Arrow batches out, bad messages to dead-letters.
+"""ingest: raw events in, validated Arrow batches out, bad messages to dead-letters.
 
-Reads `sensor-events` with aiokafka in batches (`getmany`), decodes with our own codec,
-and writes one Arrow IPC message per source partition and poll to `sensor-batches`,
-partition p to partition p. Source offsets are committed only after every batch and
-dead letter of the poll is acknowledged by the broker (at-least-once: a crash between
-the two replays the poll). Polls are pipelined: a committer task waits for each poll's
+Reads `sensor-events` and `engagement-events` with one aiokafka consumer in batches
+(`getmany`), decodes with our own codecs, and writes one Arrow IPC message per source
+partition and poll to `sensor-batches` or `engagement-batches`, partition p to
+partition p. Source offsets are committed only after every batch and dead letter of the
+poll is acknowledged by the broker (at-least-once: a crash between the two replays the
+poll). Polls are pipelined: a committer task waits for each poll's
 deliveries and commits its offsets, in order, while the next polls are decoded; at most
 `MAX_IN_FLIGHT` polls are outstanding, and a rebalance waits for them all.
 """
@@ -14,11 +15,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
+import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from mode import Service
 
-from schemas.codec import Rejected, SensorBatchBuilder, write_ipc
+from schemas.codec import Record, Rejected, SensorBatchBuilder, write_ipc
+from schemas.engagement_codec import EngagementBatchBuilder
 from schemas.events import ARROW, headers
 from streams.metrics import BATCH_ROWS, CONSUMER_LAG, EVENTS, STAGE_SECONDS
 from streams.outbox import Outbox, now_ms
@@ -31,7 +37,26 @@ log = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 4
 Offsets = dict[TopicPartition, int]
 
-BATCH_HEADERS = headers(ARROW, "sensor-event.v1")
+
+
+class Builder(Protocol):
+    """What ingest needs of a codec's batch builder."""
+
+    def __len__(self) -> int: ...
+
+    def add_records(self, records: Sequence[Record], ingest_time: int
+                    ) -> list[tuple[int, Rejected]]: ...
+
+    def build(self) -> pa.RecordBatch: ...
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one input topic's events go, and how they are decoded."""
+
+    target: str
+    builder: Callable[[], Builder]
+    headers: list[tuple[str, bytes]]
 
 
 class Ingest(Service):
@@ -41,8 +66,14 @@ class Ingest(Service):
         super().__init__()
         self.settings = settings
         self.outbox = outbox
-        self.source = settings.topic("sensor-events")
-        self.target = settings.topic("sensor-batches")
+        self.routes = {
+            settings.topic("sensor-events"): Route(
+                settings.topic("sensor-batches"), SensorBatchBuilder,
+                headers(ARROW, "sensor-event.v1")),
+            settings.topic("engagement-events"): Route(
+                settings.topic("engagement-batches"), EngagementBatchBuilder,
+                headers(ARROW, "engagement-event.v1")),
+        }
         self.group = f"{settings.app_id}-ingest"
         self.consumer: AIOKafkaConsumer | None = None
         self._in_flight: asyncio.Queue[tuple[list[asyncio.Future[object]], Offsets]] = \
@@ -56,7 +87,7 @@ class Ingest(Service):
             auto_offset_reset="earliest", session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(s.session_timeout_ms // 5, 500),
             max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=16 * 1024 * 1024)
-        self.consumer.subscribe([self.source], listener=_DrainOnRevoke(self._in_flight))
+        self.consumer.subscribe(list(self.routes), listener=_DrainOnRevoke(self._in_flight))
         await self.consumer.start()
 
     async def on_stop(self) -> None:
@@ -102,13 +133,14 @@ class Ingest(Service):
         pending: list[asyncio.Future[object]] = []
         offsets: dict[TopicPartition, int] = {}
         for tp, records in polled.items():
-            builder = SensorBatchBuilder()
+            route = self.routes[tp.topic]
+            builder = route.builder()
             ingest_time = now_ms()
             try:
                 rejected = builder.add_records(records, ingest_time)
             except Exception:  # a codec bug must not stop the stream: go one by one
                 log.exception("ingest: decoding a poll failed; retrying message by message")
-                builder, rejected = SensorBatchBuilder(), []
+                builder, rejected = route.builder(), []
                 for i, rec in enumerate(records):
                     try:
                         rejected += [(i, r) for _, r in builder.add_records([rec], ingest_time)]
@@ -122,8 +154,8 @@ class Ingest(Service):
             if len(builder):
                 batch = builder.build()
                 pending.append(await self.outbox.send(
-                    self.target, write_ipc(batch), partition=tp.partition,
-                    headers=BATCH_HEADERS))
+                    route.target, write_ipc(batch), partition=tp.partition,
+                    headers=route.headers))
                 EVENTS.labels("ingest").inc(batch.num_rows)
                 BATCH_ROWS.labels("ingest").observe(batch.num_rows)
             offsets[tp] = records[-1].offset + 1

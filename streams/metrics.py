@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["BATCH_ROWS", "CONSUMER_LAG", "DEAD_LETTERS", "END_TO_END_SECONDS", "EVENTS",
-           "MODEL_VERSION", "STAGE_SECONDS"]
+__all__ = ["BATCH_ROWS", "CONSUMER_LAG", "DEAD_LETTERS", "DUPLICATES", "END_TO_END_SECONDS",
+           "EVENTS", "MODEL_VERSION", "REPLAYED", "STAGE_SECONDS", "UNSCORED"]
 
 EVENTS = Counter("headwater_events_total", "Events processed, by agent", ["agent"])
 DEAD_LETTERS = Counter("headwater_dead_letters_total", "Messages sent to dead-letters",
@@ -22,3 +22,10 @@ END_TO_END_SECONDS = Histogram(
 MODEL_VERSION = Gauge("headwater_model_version", "Model version being served", ["model"])
 CONSUMER_LAG = Gauge("headwater_consumer_lag", "Messages behind the end of the partition",
                      ["group", "topic", "partition"])
+DUPLICATES = Counter("headwater_duplicates_total",
+                     "Events skipped because their event id was already processed", ["agent"])
+REPLAYED = Counter("headwater_replayed_rows_total",
+                   "Rows skipped after a restart because their state already includes them",
+                   ["agent"])
+UNSCORED = Counter("headwater_unscored_rows_total",
+                   "Feature rows of a feature set no served model scores", ["feature_set"])

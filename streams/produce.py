@@ -2,6 +2,7 @@
 
 Sensor events go out as one JSON SensorEvent per message keyed by sensor id (what any
 producer would send), or, with `fmt="arrow"`, as Arrow batches partitioned by sensor.
+A table with a `user_id` column is engagement events, keyed by user.
 """
 
 from __future__ import annotations
@@ -19,10 +20,25 @@ from schemas.events import ARROW, JSON, headers
 from streams.outbox import Outbox
 from streams.settings import Settings
 
-__all__ = ["produce_table", "sensor_json"]
+__all__ = ["engagement_json", "produce_table", "sensor_json"]
 
-JSON_HEADERS = headers(JSON, "sensor-event.v1")
-ARROW_HEADERS = headers(ARROW, "sensor-event.v1")
+ENGAGEMENT_FIELDS = ("event_id", "user_id", "item_id", "event_time", "kind", "value",
+                     "category")
+
+
+def engagement_json(t: pa.Table) -> list[bytes]:
+    """One EngagementEvent JSON document per row of an engagement table.
+
+    >>> t = pa.table({"event_id": ["e"], "user_id": ["u"], "item_id": ["i"],
+    ...               "event_time": [7], "kind": ["rating"], "value": [4.0],
+    ...               "category": [None]})
+    >>> engagement_json(t)
+    [b'{"event_id":"e","user_id":"u","item_id":"i","event_time":7,"kind":"rating","value":4.0}']
+    """
+    names = [n for n in ENGAGEMENT_FIELDS if n in t.schema.names]
+    rows = zip(*(t.column(n).to_pylist() for n in names), strict=True)
+    return [orjson.dumps({k: v for k, v in zip(names, row, strict=True) if v is not None})
+            for row in rows]
 
 
 def sensor_json(t: pa.Table) -> list[bytes]:
@@ -53,6 +69,9 @@ async def produce_table(settings: Settings, table: pa.Table, topic: str, *, rate
 
     `rate` is events per second (0: as fast as the broker takes them).
     """
+    engagement = "user_id" in table.schema.names
+    key, to_json = ("user_id", engagement_json) if engagement else ("sensor_id", sensor_json)
+    schema = "engagement-event.v1" if engagement else "sensor-event.v1"
     outbox = Outbox(settings)
     await outbox.start()
     sent = 0
@@ -62,11 +81,10 @@ async def produce_table(settings: Settings, table: pa.Table, topic: str, *, rate
         for i in range(0, table.num_rows, chunk):
             part = table.slice(i, chunk)
             if fmt == "arrow":
-                pending += await _send_arrow(outbox, part, topic)
+                pending += await _send_arrow(outbox, part, topic, key, headers(ARROW, schema))
             else:
                 pending += await outbox.send_keyed(
-                    topic, part.column("sensor_id").to_pylist(), sensor_json(part),
-                    JSON_HEADERS)
+                    topic, part.column(key).to_pylist(), to_json(part), headers(JSON, schema))
             sent += part.num_rows
             if progress:
                 progress(part.num_rows)
@@ -83,15 +101,16 @@ async def produce_table(settings: Settings, table: pa.Table, topic: str, *, rate
     return sent
 
 
-async def _send_arrow(outbox: Outbox, part: pa.Table, topic: str) -> list[asyncio.Future[object]]:
+async def _send_arrow(outbox: Outbox, part: pa.Table, topic: str, key: str,
+                      hdrs: list[tuple[str, bytes]]) -> list[asyncio.Future[object]]:
     parts = await outbox.partitions(topic)
-    sensors = part.column("sensor_id")
+    entities = part.column(key)
     by_partition: dict[int, list[str]] = {}
-    for s in pc.unique(sensors).to_pylist():
+    for s in pc.unique(entities).to_pylist():
         by_partition.setdefault(outbox.partition(s.encode(), parts), []).append(s)
     cols = [n for n in part.schema.names if n != "label"]
     out = []
     for p, keys in by_partition.items():
-        rows = part.filter(pc.is_in(sensors, pa.array(keys))).select(cols)
-        out.append(await outbox.send(topic, write_ipc(rows), partition=p, headers=ARROW_HEADERS))
+        rows = part.filter(pc.is_in(entities, pa.array(keys))).select(cols)
+        out.append(await outbox.send(topic, write_ipc(rows), partition=p, headers=hdrs))
     return out

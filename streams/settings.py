@@ -12,12 +12,16 @@ False
 
 from __future__ import annotations
 
+import json
 import ssl
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.engagement import EngagementConfig
+from models.features import SensorConfig, parse_duration
 
 __all__ = ["TOPICS", "Settings"]
 
@@ -68,7 +72,17 @@ class Settings(BaseSettings):
     data_dir: Path = Field(_CACHE / "worker", description="Worker state directory")
     ingest_max_records: int = Field(4096, ge=1, description="Events per ingest batch, at most")
     ingest_max_wait_ms: int = Field(20, ge=0, description="Longest ingest poll wait")
-    feature_window: int = Field(8, ge=2, description="Events in the rolling mean/std window")
+    feature_windows: str = Field("1m,15m,1h", description="Sensor event-time windows")
+    feature_half_lives: str = Field("5m,1h", description="Sensor EWMA half-lives")
+    feature_lateness: str = Field("5m", description="How late a sensor event may arrive")
+    max_future: str = Field("1d", description="How far past its ingest time an event may be")
+    reading_ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="Physical range per reading, as JSON")
+    reading_abs_max: float = Field(1e12, gt=0, description="Largest |reading| of any reading")
+    engagement_half_lives: str = Field("10m,1h,1d", description="Engagement decay half-lives")
+    engagement_prior: tuple[float, float] = Field(
+        (1.0, 1.0), description="Beta prior (alpha, beta) of engagement rates, as JSON")
+    positive_rating: float = Field(4.0, description="A rating at least this is a positive")
     infer_max_rows: int = Field(4096, ge=1, description="Rows per inference micro-batch")
     infer_max_wait_ms: int = Field(5, ge=0, description="Longest wait to fill a micro-batch")
     predictions_format: Literal["json", "arrow"] = Field(
@@ -89,6 +103,27 @@ class Settings(BaseSettings):
     kafka_port: int = Field(9092, description="Local broker port")
     kafka_controller_port: int = Field(9093, description="Local KRaft controller port")
 
+    def sensor_features(self) -> SensorConfig:
+        """The sensor feature set these settings configure.
+
+        >>> Settings(feature_windows="30s,2m").sensor_features().windows_ms
+        (30000, 120000)
+        """
+        return SensorConfig(
+            windows_ms=tuple(parse_duration(w) for w in self.feature_windows.split(",")),
+            half_lives_ms=tuple(parse_duration(h) for h in self.feature_half_lives.split(",")),
+            lateness_ms=parse_duration(self.feature_lateness),
+            max_future_ms=parse_duration(self.max_future),
+            ranges=dict(self.reading_ranges), abs_max=self.reading_abs_max)
+
+    def engagement_features(self) -> EngagementConfig:
+        """The engagement feature set these settings configure."""
+        return EngagementConfig(
+            half_lives_s=tuple(parse_duration(h) / 1000
+                               for h in self.engagement_half_lives.split(",")),
+            prior_alpha=self.engagement_prior[0], prior_beta=self.engagement_prior[1],
+            positive_rating=self.positive_rating)
+
     def topic(self, name: str) -> str:
         """The full name of topic `name`, with the prefix."""
         return f"{self.topic_prefix}{name}"
@@ -103,6 +138,8 @@ class Settings(BaseSettings):
         for name, value in self.model_dump().items():
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
+            if isinstance(value, dict | tuple):
+                value = json.dumps(value)
             if value is not None:
                 env[f"HEADWATER_{name.upper()}"] = str(value)
         return env

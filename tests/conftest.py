@@ -40,7 +40,8 @@ def kafka() -> Iterator[LocalKafka]:
 def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry with the shuttle model trained once for the session (a few seconds)."""
     root = tmp_path_factory.mktemp("registry")
-    train_sensor_model(shuttle(), Registry(root), "shuttle", window=8, epochs=4)
+    train_sensor_model(shuttle(), Registry(root), "shuttle", config=Settings().sensor_features(),
+                       epochs=4)
     return root
 
 

@@ -1,4 +1,4 @@
-"""Sensor features: equal to a pandas reference, and the same however the stream is batched."""
+"""Sensor features: equal to a pandas reference on real data, whatever the batching."""
 
 from __future__ import annotations
 
@@ -8,68 +8,124 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.datasets import shuttle
-from models.features import FEATURES, SensorState, feature_names, sensor_features
+from models.features import SensorConfig, SensorState, Skip, feature_names, sensor_features
+from tests.data import nab, occupancy
+from tests.reference import _one_row, late_rows, sensor_reference
 
-WINDOW = 8
-
-
-def reference(events: pd.DataFrame, window: int) -> pd.DataFrame:
-    """The same features, written the obvious way with pandas groupby/rolling."""
-    out = pd.DataFrame(index=events.index)
-    readings = sorted(c.removeprefix("readings.") for c in events if c.startswith("readings."))
-    for r in readings:
-        g = events.groupby("sensor_id")[f"readings.{r}"]
-        out[f"{r}.last"] = events[f"readings.{r}"]
-        out[f"{r}.delta"] = g.diff().fillna(0.0)
-        out[f"{r}.mean"] = g.transform(lambda s: s.rolling(window, min_periods=1).mean())
-        # pandas' own rolling std is an online sum that leaves ~1e-6 where the exact answer
-        # is 0, so the reference takes each window's two-pass np.std instead
-        out[f"{r}.std"] = g.transform(
-            lambda s: s.rolling(window, min_periods=1).apply(np.std, raw=True))
-    return out
+CONFIG = SensorConfig()  # 1m, 15m, 1h windows; 5m and 1h half-lives; 5m lateness
 
 
-def streamed(table: pa.Table, cuts: list[int], window: int) -> pd.DataFrame:
+def streamed(table: pa.Table, cuts: list[int], config: SensorConfig
+             ) -> tuple[pd.DataFrame, list[Skip]]:
     """Features computed batch by batch, state carried between batches like the agent."""
     state: dict[str, SensorState] = {}
-    parts = []
+    parts, skipped = [], []
     bounds = [0, *sorted(set(cuts)), table.num_rows]
     for lo, hi in zip(bounds, bounds[1:], strict=False):
         if hi <= lo:
             continue
         batch = table.slice(lo, hi - lo).combine_chunks().to_batches()[0]
-        out, new = sensor_features(batch, state, window)
+        out, new, skips = sensor_features(batch, state, config)
         state.update(new)
         parts.append(out.to_pandas())
-    return pd.concat(parts, ignore_index=True)
+        skipped += [s._replace(row=s.row + lo) for s in skips]
+    return pd.concat(parts, ignore_index=True).set_index("event_id"), skipped
 
 
-def test_features_equal_the_pandas_reference_on_shuttle() -> None:
-    events = shuttle(limit=5000, sensors=3)
-    got = streamed(events, [17, 1000, 1001, 3333], WINDOW)
-    want = reference(events.to_pandas(), WINDOW)
-    names = feature_names([f"f{i}" for i in range(1, 10)])
-    assert list(got.columns[-len(names):]) == names
-    np.testing.assert_allclose(got[names].to_numpy(), want[names].to_numpy(), rtol=0, atol=1e-9)
-    assert got["event_id"].tolist() == events.column("event_id").to_pylist()
-
-
-@settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 60), sensors=st.integers(1, 4), window=st.integers(2, 6),
-       cuts=st.lists(st.integers(0, 60), max_size=5), seed=st.integers(0, 2**32 - 1))
-def test_batching_never_changes_features(n: int, sensors: int, window: int, cuts: list[int],
-                                         seed: int) -> None:
+def assert_equal_to_reference(table: pa.Table, config: SensorConfig, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    values = rng.normal(size=n)
-    values[rng.random(n) < 0.2] = np.nan  # readings missing from some events
+    cuts = sorted(rng.integers(0, table.num_rows, 40).tolist())
+    got, _ = streamed(table, cuts, config)
+    want = sensor_reference(table.to_pandas(), config)
+    readings = [c.removeprefix("readings.") for c in table.column_names
+                if c.startswith("readings.")]
+    names = feature_names(readings, config)
+    assert list(got.columns[-len(names):]) == names
+    assert got.index.tolist() == want.index.tolist()
+    np.testing.assert_allclose(got[names].to_numpy(float), want[names].to_numpy(float),
+                               rtol=1e-9, atol=1e-9)
+
+
+def test_nab_features_equal_the_pandas_reference_out_of_order_rows_included() -> None:
+    # an hour of lateness accepts machine_temperature's 55-minute step back in time
+    config = SensorConfig(lateness_ms=3_600_000)
+    table = nab()
+    assert not late_rows(table.to_pandas(), config).any()
+    assert_equal_to_reference(table, config, seed=1)
+
+
+def test_nab_rows_beyond_the_lateness_are_skipped_as_late() -> None:
+    table = nab()
+    _, skipped = streamed(table, [5000, 22_700], CONFIG)
+    late = np.nonzero(late_rows(table.to_pandas(), CONFIG))[0].tolist()
+    assert len(late) == 10  # a 55-minute step back: 02:00..02:45 are over 5 minutes late
+    assert [s.row for s in skipped] == late
+    assert {s.reason for s in skipped} == {"late"}
+
+
+def test_occupancy_features_equal_the_pandas_reference() -> None:
+    assert_equal_to_reference(occupancy(), CONFIG, seed=2)
+
+
+def test_duplicates_are_processed_once_and_bad_rows_are_skipped() -> None:
+    cfg = SensorConfig(ranges={"t": (-50.0, 150.0)}, max_future_ms=60_000)
+    b = pa.record_batch({"event_id": ["a", "b", "a", "c", "d"], "sensor_id": ["s"] * 5,
+                         "event_time": [0, 1000, 0, 2000, 10_000_000],
+                         "ingest_time": [5000] * 5, "readings.t": [1.0, 3.0, 1.0, 900.0, 2.0]})
+    out, state, skipped = sensor_features(b, {}, cfg)
+    assert out.column("event_id").to_pylist() == ["a", "b"]
+    assert [(s.row, s.reason) for s in skipped] == [(2, "duplicate"), (3, "out-of-range"),
+                                                    (4, "future")]
+    again = pa.record_batch({"event_id": ["b", "e"], "sensor_id": ["s", "s"],
+                             "event_time": [1000, 3000], "readings.t": [3.0, 4.0]})
+    out2, _, skipped2 = sensor_features(again, state, cfg)
+    assert out2.column("event_id").to_pylist() == ["e"]
+    assert [(s.row, s.reason) for s in skipped2] == [(0, "duplicate")]
+    assert out2.column("t.count_1m").to_pylist() == [3.0]  # a, b and e: nothing twice
+
+
+def test_first_event_of_a_sensor_has_defined_values() -> None:
+    b = pa.record_batch({"event_id": ["a"], "sensor_id": ["new"], "event_time": [7],
+                         "readings.t": [2.5]})
+    out, _, _ = sensor_features(b, {}, CONFIG)
+    row = out.to_pylist()[0]
+    assert (row["t.delta"], row["t.rate"], row["t.since_last_s"]) == (0.0, 0.0, 0.0)
+    assert (row["t.count_1h"], row["t.std_1h"], row["t.z_1h"], row["t.ewma_5m"]) == \
+        (1.0, 0.0, 0.0, 2.5)
+
+
+SMALL = SensorConfig(windows_ms=(3000, 10_000), half_lives_ms=(2000,), lateness_ms=4000)
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 50), sensors=st.integers(1, 3),
+       jitter=st.lists(st.integers(0, 6000), min_size=50, max_size=50),
+       cuts=st.lists(st.integers(0, 50), max_size=5), seed=st.integers(0, 2**32 - 1))
+def test_random_orders_within_lateness_match_the_definition(
+        n: int, sensors: int, jitter: list[int], cuts: list[int], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    times = np.arange(n) * 1000 - np.array(jitter[:n])  # up to 6 s out of order
+    values = np.round(rng.normal(size=n), 3)
+    values[rng.random(n) < 0.15] = np.nan  # readings missing from some events
     table = pa.table({"event_id": [f"e{i}" for i in range(n)],
                       "sensor_id": [f"s{rng.integers(sensors)}" for _ in range(n)],
-                      "event_time": np.arange(n), "readings.x": pa.array(values,
-                                                                        mask=np.isnan(values))})
-    whole = streamed(table, [], window)
-    parts = streamed(table, [c for c in cuts if c < n], window)
-    cols = [f"x.{f}" for f in FEATURES]
-    np.testing.assert_allclose(parts[cols].to_numpy(float), whole[cols].to_numpy(float),
-                               rtol=0, atol=1e-12)
-    assert (np.isnan(whole["x.last"].to_numpy(float)) == np.isnan(values)).all()
+                      "event_time": pa.array(times, pa.int64()),
+                      "readings.x": pa.array(values, mask=np.isnan(values))})
+    whole, skipped = streamed(table, [], SMALL)
+    parts, skipped_parts = streamed(table, [c for c in cuts if c < n], SMALL)
+    names = feature_names(["x"], SMALL)
+    pd.testing.assert_frame_equal(parts, whole, rtol=1e-12, atol=1e-12)
+    assert skipped_parts == skipped
+    frame = table.to_pandas()
+    late = late_rows(frame, SMALL)
+    assert [s.row for s in skipped] == np.nonzero(late)[0].tolist()
+    for _, g in frame[~late].groupby("sensor_id"):  # every row from its definition
+        g = g[g["readings.x"].notna()]
+        t, x = g["event_time"].to_numpy(np.int64), g["readings.x"].to_numpy(float)
+        for i, eid in enumerate(g["event_id"]):
+            want = _one_row(t, x, i, SMALL)
+            got = whole.loc[eid]
+            np.testing.assert_allclose([got[f"x.{k}"] for k in want], list(want.values()),
+                                       rtol=1e-9, atol=1e-9)
+    assert all(whole.loc[e, names].isna().all()
+               for e in frame.loc[~late & frame["readings.x"].isna(), "event_id"])

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.datasets import shuttle
-from models.features import sensor_features
+from models.features import SensorConfig, sensor_features
 from models.inference import BatchScorer
 from models.registry import Registry
 from streams.agents import _chunks, _infer_batch
@@ -25,8 +25,8 @@ def feature_table(n: int) -> pa.Table:
     events = shuttle(limit=n).drop_columns(["label"])
     events = events.append_column("source_time", pa.array([1] * n, pa.int64()))
     events = events.append_column("source_offset", pa.array(range(n), pa.int64()))
-    events = events.append_column("ingest_time", pa.array([2] * n, pa.int64()))
-    out, _ = sensor_features(events.combine_chunks().to_batches()[0], {}, 8)
+    events = events.append_column("ingest_time", events.column("event_time"))
+    out, _, _ = sensor_features(events.combine_chunks().to_batches()[0], {}, SensorConfig())
     t = pa.Table.from_batches([out])
     return t.append_column("source_partition", pa.array([3] * n, pa.int32()))
 
@@ -35,9 +35,9 @@ def test_predictions_keep_input_order_and_bad_rows_go_to_dead_letters(
         registry_dir: Path) -> None:
     model = Registry(registry_dir).load("shuttle")
     t = feature_table(50)
-    broken = t.column("f3.mean").to_pylist()
+    broken = t.column("f3.mean_1m").to_pylist()
     broken[7] = None
-    t = t.set_column(t.schema.get_field_index("f3.mean"), "f3.mean", pa.array(broken))
+    t = t.set_column(t.schema.get_field_index("f3.mean_1m"), "f3.mean_1m", pa.array(broken))
     outbox = RecordingOutbox()
     s = Settings(topic_prefix="x-")
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from models.datasets import shuttle
+from models.features import SensorConfig
 from models.inference import BatchScorer, pick_device
 from models.registry import Registry, RegistryError
 from models.sensor import SensorMLP
@@ -18,7 +19,7 @@ from models.training import feature_matrix, roc_auc
 def test_saved_model_loads_and_predicts_the_same(registry_dir: Path) -> None:
     reg = Registry(registry_dir)
     model = reg.load("shuttle")
-    x, names = feature_matrix(shuttle(limit=500), window=8)
+    x, names, _ = feature_matrix(shuttle(limit=500), SensorConfig())
     assert names == model.feature_names
     before = BatchScorer(model.module, torch.device("cpu")).probabilities(x)
     copy_dir = registry_dir.parent / "copy"
@@ -33,14 +34,14 @@ def test_trained_model_is_not_random(registry_dir: Path) -> None:
     m = Registry(registry_dir).load("shuttle")
     assert m.manifest["metrics"]["val_auc"] > 0.95
     events = shuttle(limit=3000)
-    x, _ = feature_matrix(events, window=8)
+    x, _, _ = feature_matrix(events, SensorConfig())
     p = BatchScorer(m.module, torch.device("cpu")).probabilities(x)
     assert roc_auc(events.column("label").to_numpy(), p) > 0.95
 
 
 def test_batch_size_never_changes_results(registry_dir: Path) -> None:
     scorer = BatchScorer(Registry(registry_dir).load("shuttle").module, torch.device("cpu"))
-    x, _ = feature_matrix(shuttle(limit=4096), window=8)
+    x, _, _ = feature_matrix(shuttle(limit=4096), SensorConfig())
     whole = scorer.probabilities(x)
     for size in (1, 7):
         parts = np.concatenate([scorer.probabilities(x[i:i + size])
@@ -74,7 +75,7 @@ def test_device_is_cpu_without_cuda_and_cuda_cannot_be_forced() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu(registry_dir: Path) -> None:
     module = Registry(registry_dir).load("shuttle").module
-    x, _ = feature_matrix(shuttle(limit=4096), window=8)
+    x, _, _ = feature_matrix(shuttle(limit=4096), SensorConfig())
     cpu = BatchScorer(module, torch.device("cpu")).probabilities(x)
     gpu = BatchScorer(Registry(registry_dir).load("shuttle").module,
                       torch.device("cuda")).probabilities(x)

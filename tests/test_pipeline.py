@@ -111,7 +111,9 @@ async def caught_up(s: Settings) -> bool:
     await c.start()
     try:
         for group, topic in [(f"{s.app_id}-ingest", "sensor-events"),
-                             (s.app_id, "sensor-batches"), (s.app_id, "features")]:
+                             (f"{s.app_id}-ingest", "engagement-events"),
+                             (s.app_id, "sensor-batches"), (s.app_id, "engagement-batches"),
+                             (s.app_id, "features")]:
             parts = [TopicPartition(s.topic(topic), p) for p in range(s.partitions)]
             end = await c.end_offsets(parts)
             done = await admin.list_consumer_group_offsets(group)
