@@ -1,7 +1,8 @@
 """Real datasets as event tables in event-time order (no Kafka here).
 
 `movielens` reads GroupLens' MovieLens 100K from a folder outside the repository (its
-terms forbid redistributing it): the 100,000 ratings as engagement events.
+terms forbid redistributing it): the 100,000 ratings as engagement events. `nab` and
+`occupancy` read the NAB series and UCI occupancy data the same way, as sensor events.
 
 The demo's dataset is NASA's shuttle sensor readings as packaged in the `river` wheel
 (`river/datasets/shuttle.csv.gz`, UCI Statlog Shuttle in its ODDS anomaly form: nine
@@ -27,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pv
 
-__all__ = ["DATASETS", "SHUTTLE_START_MS", "movielens", "shuttle"]
+__all__ = ["DATASETS", "SHUTTLE_START_MS", "movielens", "nab", "occupancy", "shuttle"]
 
 SHUTTLE_START_MS = 1_388_534_400_000  # 2014-01-01T00:00:00Z, an arbitrary origin
 
@@ -102,6 +103,55 @@ def movielens(root: Path, limit: int | None = None) -> pa.Table:
         "kind": pa.array(["rating"] * len(order), pa.string()),
         "value": ratings.column("rating").cast(pa.float64()),
     })
+
+
+NAB_SERIES = ("machine_temperature_system_failure", "ambient_temperature_system_failure",
+              "cpu_utilization_asg_misconfiguration", "nyc_taxi")
+OCCUPANCY_READINGS = ("Temperature", "Humidity", "Light", "CO2", "HumidityRatio")
+
+
+def _sensor_table(times: pa.Array, sensors: list[str], readings: dict[str, pa.Array],
+                  prefix: str, label: pa.Array | None = None) -> pa.Table:
+    n = len(times)
+    cols: dict[str, pa.Array] = {
+        "event_id": pc.binary_join_element_wise(
+            f"{prefix}-", pa.array(np.arange(n)).cast(pa.string()), ""),
+        "sensor_id": pa.array(sensors, pa.string()),
+        "event_time": times.cast(pa.timestamp("ms")).cast(pa.int64()),
+    }
+    cols |= {f"readings.{k}": v.cast(pa.float64()) for k, v in readings.items()}
+    if label is not None:
+        cols["label"] = label.cast(pa.int8())
+    return pa.table(cols)
+
+
+def nab(root: Path) -> pa.Table:
+    """Four series of the Numenta Anomaly Benchmark (`root/realKnownCause/*.csv`) as one
+    stream: each file is a sensor (its stem the id, one reading `value`), its rows in
+    file order, one sensor after another. File order keeps machine_temperature's step
+    back in time, twelve rows that arrive 5 to 55 minutes late."""
+    times, sensors, values = [], [], []
+    for name in NAB_SERIES:
+        t = pv.read_csv(root / "realKnownCause" / f"{name}.csv",
+                        read_options=pv.ReadOptions(use_threads=False))
+        times.append(t.column("timestamp").combine_chunks())
+        values.append(t.column("value").cast(pa.float64()).combine_chunks())
+        sensors += [name] * t.num_rows
+    return _sensor_table(pa.concat_arrays(times), sensors,
+                         {"value": pa.concat_arrays(values)}, "nab")
+
+
+def occupancy(root: Path) -> pa.Table:
+    """UCI Occupancy Detection (`root/datatest.txt` then `root/datatraining.txt`, which is
+    event-time order): one office sensor, five readings a minute, `label` = occupied."""
+    names = ["row_id", "date", *OCCUPANCY_READINGS, "Occupancy"]
+    parts = [pv.read_csv(root / f, read_options=pv.ReadOptions(
+        skip_rows=1, column_names=names, use_threads=False))
+        for f in ("datatest.txt", "datatraining.txt")]
+    t = pa.concat_tables(parts)
+    return _sensor_table(t.column("date").combine_chunks(), ["office"] * t.num_rows,
+                         {r: t.column(r).combine_chunks() for r in OCCUPANCY_READINGS},
+                         "occ", t.column("Occupancy").combine_chunks())
 
 
 DATASETS = {"shuttle": shuttle}

@@ -30,6 +30,9 @@ from streams.settings import Settings
 
 __all__ = ["local_kafka", "main"]
 
+#: where a checkout's sibling `shared/data` holds the NAB, UCI occupancy and MovieLens data
+SHARED_DATA = OPS_DIR.parent.parent / "shared" / "data"
+
 
 def local_kafka(settings: Settings) -> LocalKafka:
     """The local broker that `settings` describe."""
@@ -87,22 +90,37 @@ def register_commands(app: HeadwaterApp) -> None:
               f"({settings.registry_dir})")
 
     @app.command(
-        argument("dataset", type=click.Choice(["shuttle"])),
-        option("--topic", default="sensor-events", help="Topic (before the prefix)"),
+        argument("dataset", type=click.Choice(["shuttle", "nab", "occupancy", "movielens"])),
+        option("--topic", default=None,
+               help="Topic (before the prefix); default sensor-events or engagement-events"),
         option("--limit", type=int, default=None, help="First N events only"),
         option("--rate", type=float, default=0.0, help="Events/s; 0 = as fast as possible"),
-        option("--sensors", type=int, default=4, help="Simulated sensors to deal rows to"),
+        option("--sensors", type=int, default=4, help="shuttle: simulated sensors to deal to"),
         option("--format", "fmt", type=click.Choice(["json", "arrow"]), default="json"),
+        option("--data", type=click.Path(file_okay=False), default=str(SHARED_DATA),
+               help="Folder of the nab, uci-occupancy and movielens-100k datasets"),
     )
-    async def produce(self: AppCommand, dataset: str, topic: str, limit: int | None,
-                      rate: float, sensors: int, fmt: str) -> None:
+    async def produce(self: AppCommand, dataset: str, topic: str | None, limit: int | None,
+                      rate: float, sensors: int, fmt: str, data: str) -> None:
         """Replay a dataset into a topic in event-time order, with a progress bar."""
-        from models.datasets import shuttle
+        from pathlib import Path
+
+        from models import datasets
         from streams.produce import produce_table
         from streams.topics import ensure_topics
 
+        folder = Path(data) / {"nab": "nab", "occupancy": "uci-occupancy",
+                               "movielens": "movielens-100k"}.get(dataset, "")
+        if dataset != "shuttle" and not folder.is_dir():
+            fail(f"{folder} not found: pass --data, the folder holding {folder.name}/")
         await ensure_topics(settings)
-        table = shuttle(limit=limit, sensors=sensors)
+        if dataset == "shuttle":
+            table = datasets.shuttle(limit=limit, sensors=sensors)
+        elif dataset == "movielens":
+            table = datasets.movielens(folder, limit=limit)
+        else:
+            table = getattr(datasets, dataset)(folder).slice(0, limit)
+        topic = topic or ("engagement-events" if dataset == "movielens" else "sensor-events")
         t = time.monotonic()
         with tqdm(total=table.num_rows, unit="ev", unit_scale=True, file=sys.stderr,
                   disable=None) as bar:

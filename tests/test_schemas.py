@@ -45,7 +45,8 @@ def test_schema_is_valid_and_its_examples_validate(path: Path) -> None:
 
 
 def test_every_type_has_its_schema_and_its_example_builds_the_type() -> None:
-    assert {t.schema() for t in TYPES} == {p.stem for p in SCHEMAS}
+    arrow_rows = {"feature-batch.v1"}  # only ever rows of Arrow batches: no Python type
+    assert {t.schema() for t in TYPES} | arrow_rows == {p.stem for p in SCHEMAS}
     for t in TYPES:
         example = json_schema(t.schema())["examples"][0]
         obj = t(**example)
@@ -74,3 +75,24 @@ def test_dead_letters_validate() -> None:
                     source_topic="t", source_partition=0, source_offset=3, raw_b64="",
                     dead_time=1)
     validator("dead-letter.v1").validate(json.loads(dl.to_json()))
+
+
+def test_feature_batches_of_both_kinds_validate() -> None:
+    """Rows the featurize agents write match feature-batch.v1, and name their feature set."""
+    from models.engagement import EngagementConfig, engagement_features
+    from models.features import SensorConfig, sensor_features
+
+    sensors = pa.record_batch({"event_id": ["a", "b"], "sensor_id": ["s", "s"],
+                               "event_time": [0, 1000], "ingest_time": [5, 6],
+                               "readings.t": [1.0, None], "readings.u": [2.0, 3.0]})
+    engagement = pa.record_batch({"event_id": ["e"], "user_id": ["u"], "item_id": ["i"],
+                                  "category": [None], "event_time": [0], "kind": ["click"],
+                                  "value": [1.0]})
+    outs = [sensor_features(sensors, {}, SensorConfig())[0],
+            engagement_features(engagement, {}, EngagementConfig())[0]]
+    for out, name in zip(outs, ["sensor.v2", "engagement.v1"], strict=True):
+        assert out.schema.metadata[b"feature_set"].decode() == name
+        names = out.schema.metadata[b"feature_names"].decode().split(",")
+        assert out.schema.names[-len(names):] == names
+        for row in out.to_pylist():
+            validator("feature-batch.v1").validate(row)
