@@ -55,11 +55,21 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import e2e  # noqa: E402
+
 from models.datasets import movielens, shuttle  # noqa: E402
-from models.engagement import ENGAGEMENT_FEATURE_SET, EngagementConfig, EntityState  # noqa: E402
-from models.engagement import engagement_features  # noqa: E402
-from models.features import FEATURE_SET, SensorConfig, SensorState, dump_state  # noqa: E402
-from models.features import sensor_features  # noqa: E402
+from models.engagement import (  # noqa: E402
+    ENGAGEMENT_FEATURE_SET,
+    EngagementConfig,
+    EntityState,
+    engagement_features,
+)
+from models.features import (  # noqa: E402
+    FEATURE_SET,
+    SensorConfig,
+    SensorState,
+    dump_state,
+    sensor_features,
+)
 from models.registry import Registry  # noqa: E402
 from models.training import train_sensor_model  # noqa: E402
 from schemas.codec import read_ipc  # noqa: E402
@@ -115,7 +125,7 @@ async def feature_span(s: Settings, feature_set: str, n: int, deadline: float,
                     last_sent = max(last_sent, r.timestamp)
                     got += t.num_rows
         assert first_ingest is not None
-        return got / ((last_sent - first_ingest) / 1000)
+        return float(got / ((last_sent - first_ingest) / 1000))
     finally:
         await c.stop()
 
@@ -186,7 +196,7 @@ def engagement_memory(n: int, entities: int, config: EngagementConfig) -> list[s
     started = time.perf_counter()
     for offset, batch in enumerate(synthetic_engagement(n, entities)):
         _, after = engagement_features(batch, cur, config)
-        for k, state in after.items():
+        for k in after:
             prev[k] = cur.get(k)
             asof[k] = offset
         cur.update(after)

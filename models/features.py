@@ -190,7 +190,7 @@ def sensor_features(batch: pa.RecordBatch, states: Mapping[str, SensorState],
         ids += [[i, t] for i, t in zip(event_ids.take(pa.array(rows[recent])).to_pylist(),
                                        times[rows[recent]].tolist(), strict=True)]
         new_states[key]["ids"] = ids
-    out = out.reshape(n, -1)
+    out = out.reshape(n, len(names))
 
     keep = pa.array(accepted)
     cols: dict[str, pa.Array] = {c: batch.column(c).filter(keep) for c in PASS_THROUGH

@@ -167,7 +167,12 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
                 REPLAYED.labels("featurize").inc(pc.sum(skip).as_py())
                 batch = batch.filter(pc.invert(skip))
                 stored = {k: v for k, v in stored.items() if k not in done}
-            out, after, skipped = sensor_features(batch, stored, config)
+            try:
+                out, after, skipped = sensor_features(batch, stored, config)
+            except Exception as exc:  # a bug must not lose the batch: Faust would ack it
+                log.exception("featurize: batch at %s:%d failed", msg.topic, msg.offset)
+                await dead("featurize", Rejected("featurize-error", repr(exc)[:300]), msg)
+                continue
             rows = batch.select([c for c in batch.schema.names if c not in SENSOR_META])
             for sk in skipped:
                 if sk.reason == "duplicate":
@@ -195,6 +200,7 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
     engagement_state = app.Table("engagement-state", default=None, partitions=n,
                                  key_type=str, value_type=str)
     engagement_config = settings.engagement_features()
+    max_future_ms = config.max_future_ms
 
     @app.agent(engagement_batches, name="featurize-engagement")
     async def featurize_engagement(stream: StreamT[bytes]) -> AsyncIterable[None]:
@@ -217,6 +223,17 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
                 continue
             batch, rejected = checked
             pending = [await dead("featurize-engagement", r, msg) for r in rejected]
+            ahead = pc.subtract(batch.column("event_time"), batch.column("ingest_time"))
+            future = pc.fill_null(pc.greater(ahead, max_future_ms), False)
+            for row in pc.indices_nonzero(future).to_pylist():
+                pending.append(await outbox.dead_letter(
+                    "featurize-engagement", Rejected(
+                        "future", f"event time is {ahead[row].as_py()} ms after ingest, "
+                        f"allowed {max_future_ms}", row),
+                    topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                    key=batch.column("user_id")[row].as_py().encode(),
+                    raw=orjson.dumps(batch.slice(row, 1).to_pylist()[0])))
+            batch = batch.filter(pc.invert(future))
             mark = OFFSET_MARK  # the last source offset applied
             keys = [*engagement_state_keys(batch), mark]
             # items meet in every partition: state per partition; keys printable (a control
@@ -238,7 +255,14 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
                 again = pc.less_equal(batch.column("source_offset"), applied)
                 DUPLICATES.labels("featurize-engagement").inc(pc.sum(again).as_py() or 0)
                 batch = batch.filter(pc.invert(again))
-            out, after = engagement_features(batch, before, engagement_config)
+            try:
+                out, after = engagement_features(batch, before, engagement_config)
+            except Exception as exc:  # a bug must not lose the batch: Faust would ack it
+                log.exception("featurize-engagement: batch at %s:%d failed", msg.topic,
+                              msg.offset)
+                await dead("featurize-engagement",
+                           Rejected("featurize-error", repr(exc)[:300]), msg)
+                continue
             if out.num_rows:
                 pending.append(await outbox.send(features_topic, write_ipc(out),
                                                  partition=msg.partition,

@@ -4,10 +4,13 @@ features equal an uninterrupted run's, and the sensor model leaves them unscored
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
+import time
 import urllib.request
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
@@ -71,6 +74,20 @@ def test_engagement_features_survive_a_kill_9(settings: Settings, worker: Worker
     assert set(rows.tolist()) == set(range(EVENTS))
     np.testing.assert_allclose(np.column_stack([got.column(c).to_numpy() for c in names]),
                                want[rows], rtol=1e-9, atol=1e-9)
+    # an event time two days ahead of its ingest goes to dead-letters, not into state
+    ahead = int(time.time() * 1000) + 2 * 86_400_000
+    future = pa.table({"event_id": ["f1", "f2"], "user_id": ["1", "2"], "item_id": ["9", "9"],
+                       "event_time": [ahead, ahead], "kind": ["click", "impression"]})
+    asyncio.run(produce_table(s, future, s.topic("engagement-events")))
+
+    def future_letters() -> list[dict[str, object]]:
+        letters = [orjson.loads(v) for _, _, v in asyncio.run(read_all(s, s.topic("dead-letters")))]
+        return [d for d in letters if d["reason"] == "future"]
+
+    wait_for(lambda: len(future_letters()) == 2, 60, "two future dead letters")
+    assert {orjson.loads(base64.b64decode(d["raw_b64"]))["event_id"]  # type: ignore[arg-type]
+            for d in future_letters()} == {"f1", "f2"}
+
     # the sensor model does not score engagement rows (this life's share is counted)
     assert sample(s, 'headwater_unscored_rows_total{feature_set="engagement.v1"}') > 0
     assert worker.running()

@@ -129,3 +129,13 @@ def test_random_orders_within_lateness_match_the_definition(
                                        rtol=1e-9, atol=1e-9)
     assert all(whole.loc[e, names].isna().all()
                for e in frame.loc[~late & frame["readings.x"].isna(), "event_id"])
+
+
+def test_a_batch_with_no_rows_left_gives_an_empty_feature_batch() -> None:
+    b = pa.record_batch({"event_id": pa.array([], pa.string()),
+                         "sensor_id": pa.array([], pa.string()),
+                         "event_time": pa.array([], pa.int64()),
+                         "readings.t": pa.array([], pa.float64())})
+    out, state, skipped = sensor_features(b, {}, CONFIG)
+    assert (out.num_rows, state, skipped) == (0, {}, [])
+    assert out.schema.names[-1] == "t.ewma_1h"
