@@ -248,9 +248,12 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
                 REPLAYED.labels("featurize-engagement").inc(batch.num_rows)
                 yield None
                 continue
+            # where this batch's writes were cut short, start from the state before it
+            # (None: the entity was new then)
             before = {k: d["prev"] if d["asof"] == msg.offset else d["cur"]
                       for k, d in stored.items()}
             applied = before.pop(mark, None)
+            before = {k: v for k, v in before.items() if v is not None}
             if applied is not None:  # events ingest sent again after a crash
                 again = pc.less_equal(batch.column("source_offset"), applied)
                 DUPLICATES.labels("featurize-engagement").inc(pc.sum(again).as_py() or 0)

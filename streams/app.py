@@ -2,7 +2,7 @@
 
 >>> app = create_app(Settings(app_id="doc", topic_prefix="doc-"))
 >>> sorted(app.agents)
-['featurize', 'infer']
+['featurize', 'featurize-engagement', 'infer']
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class HeadwaterApp(faust.App):
         """What /ready reports: partitions held, model loaded, table state recovered."""
         model = self.serving.get("model")
         checks = {
-            "ingest_partitions": [tp.partition for tp in self.ingest.assigned()],
+            "ingest_partitions": sorted({tp.partition for tp in self.ingest.assigned()}),
             "agent_partitions": sorted(f"{tp.topic}:{tp.partition}"
                                        for tp in self.consumer.assignment()),
             "model": f"{model.name} v{model.version}" if model is not None else None,

@@ -57,7 +57,7 @@ def test_engagement_features_survive_a_kill_9(settings: Settings, worker: Worker
         s, events, s.topic("engagement-events"), rate=5000, chunk=500)))
     producer.start()
     wait_for(lambda: sample(s, 'headwater_events_total{agent="featurize-engagement"}') > 0,
-             60, "engagement features flowing")
+             180, "engagement features flowing")
     worker.kill()
     worker.restart()
     producer.join(timeout=120)
