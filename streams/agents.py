@@ -41,7 +41,7 @@ from streams.metrics import (
 from streams.outbox import Outbox, now_ms
 from streams.settings import Settings
 
-__all__ = ["predictions_json", "wire_agents"]
+__all__ = ["predictions_json", "resume", "wire_agents"]
 
 log = logging.getLogger(__name__)
 
@@ -236,24 +236,18 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
             batch = batch.filter(pc.invert(future))
             mark = OFFSET_MARK  # the last source offset applied
             keys = [*engagement_state_keys(batch), mark]
-            # items meet in every partition: state per partition; keys printable (a control
-            # character in a table key did not survive changelog recovery)
+            # items meet in every partition: state per partition; keys kept printable
+            # (the user x category separator is a control character)
             scope = f"{msg.partition}/"
             names = {k: scope + k.encode("unicode_escape").decode() for k in keys}
             stored = {k: orjson.loads(v) for k in keys
                       if (v := engagement_state.get(names[k])) is not None}
-            at = [d["asof"] for d in stored.values()]
-            if at and (max(at) > msg.offset or (len(at) == len(keys)
-                                                and min(at) == msg.offset)):
+            before = resume(stored, len(keys), msg.offset)
+            if before is None:
                 REPLAYED.labels("featurize-engagement").inc(batch.num_rows)
                 yield None
                 continue
-            # where this batch's writes were cut short, start from the state before it
-            # (None: the entity was new then)
-            before = {k: d["prev"] if d["asof"] == msg.offset else d["cur"]
-                      for k, d in stored.items()}
             applied = before.pop(mark, None)
-            before = {k: v for k, v in before.items() if v is not None}
             if applied is not None:  # events ingest sent again after a crash
                 again = pc.less_equal(batch.column("source_offset"), applied)
                 DUPLICATES.labels("featurize-engagement").inc(pc.sum(again).as_py() or 0)
@@ -326,6 +320,30 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
 
     _ = (featurize, featurize_engagement, infer)
     return loaded
+
+
+def resume(stored: dict[str, Any], keys: int, offset: int) -> dict[str, Any] | None:
+    """The states a batch at `offset` starts from, or None when it was applied already.
+
+    `stored` holds the `keys` states the batch reads that exist, each `{"asof", "prev",
+    "cur"}`. The batch was applied when any state is past it (later batches of the
+    partition were written, and its writes came first) or all are at it. Otherwise it
+    starts from `prev` where its own writes got through before a crash, else `cur`;
+    entities new then are left out.
+
+    >>> resume({"a": {"asof": 7, "prev": None, "cur": [1.0]}}, 1, 7) is None
+    True
+    >>> resume({"a": {"asof": 7, "prev": [0.5], "cur": [1.0]},
+    ...         "b": {"asof": 3, "prev": None, "cur": [2.0]}}, 3, 7)
+    {'a': [0.5], 'b': [2.0]}
+    >>> resume({"a": {"asof": 7, "prev": None, "cur": [1.0]}}, 2, 7)
+    {}
+    """
+    at = [d["asof"] for d in stored.values()]
+    if at and (max(at) > offset or (len(at) == keys and min(at) == offset)):
+        return None
+    before = {k: d["prev"] if d["asof"] == offset else d["cur"] for k, d in stored.items()}
+    return {k: v for k, v in before.items() if v is not None}
 
 
 def _chunks(tables: list[pa.Table], max_rows: int) -> list[pa.Table]:
