@@ -21,7 +21,7 @@ Rejected(reason='missing-field', detail='sensor_id', row=None)
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Protocol
@@ -38,6 +38,7 @@ __all__ = [
     "SENSOR_BASE",
     "Rejected",
     "SensorBatchBuilder",
+    "content_kind",
     "decode_sensor_json",
     "header",
     "read_ipc",
@@ -96,6 +97,26 @@ def header(headers: Headers, name: str) -> bytes | None:
         if k == name:
             found = v
     return found
+
+
+def content_kind(headers: Headers, schemas: Collection[bytes]) -> str | Rejected:
+    """JSON or ARROW, from a message's `content-type` (JSON when absent), or why its
+    headers are refused: a `schema` not in `schemas`, or an unknown content type.
+
+    >>> content_kind([("schema", b"sensor-event.v2")], SENSOR_SCHEMAS)
+    Rejected(reason='unknown-schema', detail='sensor-event.v2', row=None)
+    >>> content_kind([], SENSOR_SCHEMAS) == JSON
+    True
+    """
+    ctype = header(headers, "content-type")
+    schema = header(headers, "schema")
+    if schema is not None and schema not in schemas:
+        return Rejected("unknown-schema", schema.decode(errors="replace")[:100])
+    if ctype == ARROW.encode():
+        return ARROW
+    if ctype is not None and ctype != JSON.encode():
+        return Rejected("unknown-content-type", ctype.decode(errors="replace")[:100])
+    return JSON
 
 
 def _check_id(d: dict[str, object], name: str) -> str | Rejected:
@@ -224,14 +245,11 @@ class SensorBatchBuilder:
         rejected row (the good rows are kept), or one Rejected when the batch is unreadable.
         """
         if headers != self._json_headers:  # producers repeat the same headers: check once
-            ctype = header(headers, "content-type")
-            schema = header(headers, "schema")
-            if schema is not None and schema not in SENSOR_SCHEMAS:
-                return Rejected("unknown-schema", schema.decode(errors="replace")[:100])
-            if ctype == ARROW.encode():
+            kind = content_kind(headers, SENSOR_SCHEMAS)
+            if isinstance(kind, Rejected):
+                return kind
+            if kind == ARROW:
                 return self._add_arrow(value, offset, source_time, ingest_time)
-            if ctype is not None and ctype != JSON.encode():
-                return Rejected("unknown-content-type", ctype.decode(errors="replace")[:100])
             self._json_headers = headers
         ev = decode_sensor_json(value)
         if isinstance(ev, Rejected):

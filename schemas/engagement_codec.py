@@ -39,11 +39,11 @@ from schemas.codec import (
     Record,
     Rejected,
     _check_id,
-    header,
+    content_kind,
     read_ipc,
     with_metadata,
 )
-from schemas.events import ARROW, JSON, EngagementEvent
+from schemas.events import ARROW, EngagementEvent
 
 __all__ = [
     "ENGAGEMENT_BASE",
@@ -75,7 +75,6 @@ _KINDS = frozenset(KINDS)
 _KIND_LIST = "|".join(KINDS)
 _CONTEXT_TYPES = {str, int, float, bool}
 _ABSENT: Final[Any] = object()  # a key's absence; Any, so `get(k, _ABSENT)` stays Any
-_ARROW, _JSON = ARROW.encode(), JSON.encode()
 
 # event_id, user_id, item_id, category, event_time, kind, value: ENGAGEMENT_BASE's order
 Row = tuple[str, str, str, str | None, int, str, float]
@@ -208,14 +207,11 @@ class EngagementBatchBuilder:
         rejected row (the good rows are kept), or one Rejected when the batch is unreadable.
         """
         if headers != self._json_headers:  # producers repeat the same headers: check once
-            ctype = header(headers, "content-type")
-            schema = header(headers, "schema")
-            if schema is not None and schema not in ENGAGEMENT_SCHEMAS:
-                return Rejected("unknown-schema", schema.decode(errors="replace")[:100])
-            if ctype == _ARROW:
+            kind = content_kind(headers, ENGAGEMENT_SCHEMAS)
+            if isinstance(kind, Rejected):
+                return kind
+            if kind == ARROW:
                 return self._add_arrow(value, offset, source_time, ingest_time)
-            if ctype is not None and ctype != _JSON:
-                return Rejected("unknown-content-type", ctype.decode(errors="replace")[:100])
             self._json_headers = headers
         ev = decode_engagement_json(value)
         if isinstance(ev, Rejected):
