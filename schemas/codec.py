@@ -35,9 +35,12 @@ from schemas.events import ARROW, JSON, SensorEvent
 
 __all__ = [
     "READING_PREFIX",
+    "BatchBuilder",
     "SENSOR_BASE",
     "Rejected",
     "SensorBatchBuilder",
+    "check_id",
+    "check_time",
     "content_kind",
     "decode_sensor_json",
     "header",
@@ -64,7 +67,7 @@ READING_PREFIX = "readings."
 MAX_ID = 256
 MAX_READINGS = 64
 MAX_TIME = 32_503_680_000_000  # year 3000, in ms
-SENSOR_SCHEMAS = {b"sensor-event.v1"}
+SENSOR_SCHEMAS = frozenset({b"sensor-event.v1"})
 
 METADATA = ("source_time", "source_offset", "ingest_time")
 SENSOR_BASE = pa.schema([
@@ -119,7 +122,25 @@ def content_kind(headers: Headers, schemas: Collection[bytes]) -> str | Rejected
     return JSON
 
 
-def _check_id(d: dict[str, object], name: str) -> str | Rejected:
+def check_time(d: dict[str, object]) -> int | Rejected:
+    """The `event_time` of a decoded JSON event: integer epoch ms in range, or why not.
+
+    >>> check_time({"event_time": 5.0}), check_time({})
+    (5, Rejected(reason='missing-field', detail='event_time', row=None))
+    """
+    t = d.get("event_time")
+    if t is None:
+        return Rejected("missing-field", "event_time")
+    if type(t) is float and t.is_integer():
+        t = int(t)  # JSON Schema counts 5.0 as an integer
+    if type(t) is not int:
+        return Rejected("wrong-type", f"event_time: expected integer ms, got {type(t).__name__}")
+    if not 0 <= t <= MAX_TIME:
+        return Rejected("out-of-range", f"event_time {t} not in 0..{MAX_TIME}")
+    return t
+
+
+def check_id(d: dict[str, object], name: str) -> str | Rejected:
     v = d.get(name)
     if v is None:
         return Rejected("missing-field", name)
@@ -185,21 +206,15 @@ def _explain(d: object) -> SensorEvent | Rejected:
     """The slow path: find the first rule a decoded document breaks."""
     if not isinstance(d, dict):
         return Rejected("not-an-object", f"top level is {type(d).__name__}")
-    event_id = _check_id(d, "event_id")
+    event_id = check_id(d, "event_id")
     if isinstance(event_id, Rejected):
         return event_id
-    sensor_id = _check_id(d, "sensor_id")
+    sensor_id = check_id(d, "sensor_id")
     if isinstance(sensor_id, Rejected):
         return sensor_id
-    t = d.get("event_time")
-    if t is None:
-        return Rejected("missing-field", "event_time")
-    if type(t) is float and t.is_integer():
-        t = int(t)  # JSON Schema counts 5.0 as an integer
-    if type(t) is not int:
-        return Rejected("wrong-type", f"event_time: expected integer ms, got {type(t).__name__}")
-    if not 0 <= t <= MAX_TIME:
-        return Rejected("out-of-range", f"event_time {t} not in 0..{MAX_TIME}")
+    t = check_time(d)
+    if isinstance(t, Rejected):
+        return t
     readings = d.get("readings")
     if readings is None:
         return Rejected("missing-field", "readings")
@@ -220,16 +235,13 @@ def _explain(d: object) -> SensorEvent | Rejected:
     return SensorEvent(event_id, sensor_id, t, readings)
 
 
-class SensorBatchBuilder:
-    """Collects decoded sensor events, from JSON or Arrow messages, into one record batch.
+class BatchBuilder:
+    """What the builders of both event kinds share: the header check of each message, the
+    Arrow path, and the count. Subclasses hold the JSON columns and the Arrow checks."""
 
-    Rows keep the order of the messages they came from, so per-sensor state downstream
-    sees each sensor's events in offset order.
-    """
+    schemas: frozenset[bytes] = frozenset()
 
     def __init__(self) -> None:
-        self._base: dict[str, list[object]] = {f.name: [] for f in SENSOR_BASE}
-        self._readings: list[dict[str, float]] = []
         self._parts: list[pa.RecordBatch] = []
         self._rows = 0
         self._json_headers: Headers | None = None
@@ -245,12 +257,63 @@ class SensorBatchBuilder:
         rejected row (the good rows are kept), or one Rejected when the batch is unreadable.
         """
         if headers != self._json_headers:  # producers repeat the same headers: check once
-            kind = content_kind(headers, SENSOR_SCHEMAS)
+            kind = content_kind(headers, self.schemas)
             if isinstance(kind, Rejected):
                 return kind
             if kind == ARROW:
                 return self._add_arrow(value, offset, source_time, ingest_time)
             self._json_headers = headers
+        return self._add_json(value, offset, source_time, ingest_time)
+
+    def _add_arrow(self, value: bytes | None, offset: int, source_time: int | None,
+                   ingest_time: int) -> Rejected | list[Rejected] | None:
+        checked = self._read_checked(value)
+        if isinstance(checked, Rejected):
+            return checked
+        good, rejected = checked
+        if good.num_rows:
+            self._flush_json()
+            good = with_metadata(good, source_time, offset, ingest_time, overwrite=True)
+            self._parts.extend(self._batches(good))
+            self._rows += good.num_rows
+        return rejected or None
+
+    def _add_json(self, value: bytes | None, offset: int, source_time: int | None,
+                  ingest_time: int) -> Rejected | None:
+        raise NotImplementedError
+
+    def _read_checked(self, value: bytes | None
+                      ) -> Rejected | tuple[pa.Table, list[Rejected]]:
+        raise NotImplementedError
+
+    def _batches(self, table: pa.Table) -> list[pa.RecordBatch]:
+        batches: list[pa.RecordBatch] = table.combine_chunks().to_batches()
+        return batches
+
+    def _flush_json(self) -> None:
+        raise NotImplementedError
+
+
+class SensorBatchBuilder(BatchBuilder):
+    """Collects decoded sensor events, from JSON or Arrow messages, into one record batch.
+
+    Rows keep the order of the messages they came from, so per-sensor state downstream
+    sees each sensor's events in offset order.
+    """
+
+    schemas = SENSOR_SCHEMAS
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._base: dict[str, list[object]] = {f.name: [] for f in SENSOR_BASE}
+        self._readings: list[dict[str, float]] = []
+
+    def _read_checked(self, value: bytes | None
+                      ) -> Rejected | tuple[pa.Table, list[Rejected]]:
+        return _read_checked(value)
+
+    def _add_json(self, value: bytes | None, offset: int, source_time: int | None,
+                  ingest_time: int) -> Rejected | None:
         ev = decode_sensor_json(value)
         if isinstance(ev, Rejected):
             return ev
@@ -303,20 +366,6 @@ class SensorBatchBuilder:
             elif bad:
                 rejected += [(i, r) for r in bad]
         return rejected
-
-    def _add_arrow(self, value: bytes | None, offset: int, source_time: int | None,
-                   ingest_time: int) -> Rejected | list[Rejected] | None:
-        checked = _read_checked(value)
-        if isinstance(checked, Rejected):
-            return checked
-        good, rejected = checked
-        n = good.num_rows
-        if n:
-            self._flush_json()
-            good = with_metadata(good, source_time, offset, ingest_time, overwrite=True)
-            self._parts.extend(good.combine_chunks().to_batches())
-            self._rows += n
-        return rejected or None
 
     def _flush_json(self) -> None:
         if not self._readings:

@@ -35,15 +35,15 @@ from schemas.codec import (
     MAX_ID,
     MAX_TIME,
     METADATA,
-    Headers,
+    BatchBuilder,
     Record,
     Rejected,
-    _check_id,
-    content_kind,
+    check_id,
+    check_time,
     read_ipc,
     with_metadata,
 )
-from schemas.events import ARROW, EngagementEvent
+from schemas.events import EngagementEvent
 
 __all__ = [
     "ENGAGEMENT_BASE",
@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 KINDS = ("impression", "click", "rating", "purchase")
-ENGAGEMENT_SCHEMAS = {b"engagement-event.v1"}
+ENGAGEMENT_SCHEMAS = frozenset({b"engagement-event.v1"})
 ENGAGEMENT_BASE = pa.schema([
     ("event_id", pa.string()),
     ("user_id", pa.string()),
@@ -129,19 +129,13 @@ def _explain(d: object) -> EngagementEvent | Rejected:
         return Rejected("not-an-object", f"top level is {type(d).__name__}")
     ids: list[str] = []
     for name in IDS:
-        got = _check_id(d, name)
+        got = check_id(d, name)
         if isinstance(got, Rejected):
             return got
         ids.append(got)
-    t = d.get("event_time")
-    if t is None:
-        return Rejected("missing-field", "event_time")
-    if type(t) is float and t.is_integer():
-        t = int(t)  # JSON Schema counts 5.0 as an integer
-    if type(t) is not int:
-        return Rejected("wrong-type", f"event_time: expected integer ms, got {type(t).__name__}")
-    if not 0 <= t <= MAX_TIME:
-        return Rejected("out-of-range", f"event_time {t} not in 0..{MAX_TIME}")
+    t = check_time(d)
+    if isinstance(t, Rejected):
+        return t
     kind = d.get("kind")
     if kind is None:
         return Rejected("missing-field", "kind")
@@ -181,38 +175,30 @@ def _explain(d: object) -> EngagementEvent | Rejected:
     return EngagementEvent(ids[0], ids[1], ids[2], t, kind, value, category, context)
 
 
-class EngagementBatchBuilder:
+class EngagementBatchBuilder(BatchBuilder):
     """Collects engagement events, from JSON or Arrow messages, into one record batch.
 
     Rows keep the order of the messages they came from, so per-user state downstream sees
     each user's events in offset order. The interface is `SensorBatchBuilder`'s.
     """
 
+    schemas = ENGAGEMENT_SCHEMAS
+
     def __init__(self) -> None:
+        super().__init__()
         # JSON events not yet in `_parts`, one list per column of ENGAGEMENT_BASE (lists of
         # atoms, not a tuple per event: nothing for the garbage collector to walk)
         self._cols: list[list[Any]] = [[] for _ in ENGAGEMENT_BASE]
-        self._parts: list[pa.RecordBatch] = []
-        self._rows = 0
-        self._json_headers: Headers | None = None
 
-    def __len__(self) -> int:
-        return self._rows
+    def _read_checked(self, value: bytes | None
+                      ) -> Rejected | tuple[pa.Table, list[Rejected]]:
+        return _read_checked(value)
 
-    def add(self, value: bytes | None, headers: Headers, offset: int,
-            source_time: int | None, ingest_time: int) -> Rejected | list[Rejected] | None:
-        """Decode one message; None when it was accepted whole.
+    def _batches(self, table: pa.Table) -> list[pa.RecordBatch]:
+        return [_one_batch(table)]
 
-        A JSON message gives one Rejected; an Arrow batch gives a list with one entry per
-        rejected row (the good rows are kept), or one Rejected when the batch is unreadable.
-        """
-        if headers != self._json_headers:  # producers repeat the same headers: check once
-            kind = content_kind(headers, ENGAGEMENT_SCHEMAS)
-            if isinstance(kind, Rejected):
-                return kind
-            if kind == ARROW:
-                return self._add_arrow(value, offset, source_time, ingest_time)
-            self._json_headers = headers
+    def _add_json(self, value: bytes | None, offset: int, source_time: int | None,
+                  ingest_time: int) -> Rejected | None:
         ev = decode_engagement_json(value)
         if isinstance(ev, Rejected):
             return ev
@@ -265,19 +251,6 @@ class EngagementBatchBuilder:
                 rejected += [(i, r) for r in bad]
         self._rows += added
         return rejected
-
-    def _add_arrow(self, value: bytes | None, offset: int, source_time: int | None,
-                   ingest_time: int) -> Rejected | list[Rejected] | None:
-        checked = _read_checked(value)
-        if isinstance(checked, Rejected):
-            return checked
-        good, rejected = checked
-        if good.num_rows:
-            self._flush_json()
-            good = with_metadata(good, source_time, offset, ingest_time, overwrite=True)
-            self._parts.append(_one_batch(good))
-            self._rows += good.num_rows
-        return rejected or None
 
     def _flush_json(self) -> None:
         """Turn the pending JSON events into one record batch. The column lists are emptied
