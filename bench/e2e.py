@@ -123,7 +123,7 @@ async def prediction_span(s: Settings, n: int, fmt: str, deadline: float,
                     last_predict = max(last_predict, pred)
                     got += k
         assert first_ingest is not None
-        return n / ((last_predict - first_ingest) / 1000)
+        return float(n / ((last_predict - first_ingest) / 1000))
     finally:
         await c.stop()
 

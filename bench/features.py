@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import gc
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -39,6 +40,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,6 +51,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -137,15 +140,28 @@ def free_port() -> int:
         return port
 
 
-def run_featurize(s: Settings, feature_set: str, n: int, log: Path) -> float:
-    """Run `headwater worker` on the run's preloaded input until `n` feature rows are out."""
+def stage_seconds(s: Settings) -> dict[str, float]:
+    """Seconds each stage of the worker has spent on batches (its /metrics)."""
+    url = f"http://{s.web_host}:{s.web_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as page:
+        text = page.read().decode()
+    return {x.labels["stage"]: x.value for family in text_string_to_metric_families(text)
+            if family.name == "headwater_stage_seconds" for x in family.samples
+            if x.name.endswith("_sum")}
+
+
+def run_featurize(s: Settings, feature_set: str, n: int, log: Path
+                  ) -> tuple[float, dict[str, float]]:
+    """Run `headwater worker` on the run's preloaded input until `n` feature rows are out:
+    events/s, and the seconds each stage was busy."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")} | s.to_env()
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "-l", "warn"],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            return asyncio.run(feature_span(s, feature_set, n, time.monotonic() + 600,
+            rate = asyncio.run(feature_span(s, feature_set, n, time.monotonic() + 600,
                                             lambda: proc.poll() is None))
+            return rate, stage_seconds(s)
         finally:
             proc.terminate()
             proc.wait(60)
@@ -188,18 +204,21 @@ def traced(build: Callable[[], T]) -> tuple[T, int]:
         tracemalloc.stop()
 
 
-def engagement_memory(n: int, entities: int, config: EngagementConfig) -> list[str]:
-    """Lines on the bytes per engagement state, as the table holds it and bare."""
+def engagement_memory(n: int, entities: int, config: EngagementConfig
+                      ) -> tuple[list[str], str]:
+    """Lines on the bytes per engagement state, as the table holds it and bare; a summary."""
     cur: dict[str, EntityState] = {}
-    prev: dict[str, EntityState | None] = {}
-    asof: dict[str, int] = {}
+    held: dict[str, tuple[int, EntityState | None]] = {}  # asof, prev
     started = time.perf_counter()
-    for offset, batch in enumerate(synthetic_engagement(n, entities)):
-        _, after = engagement_features(batch, cur, config)
-        for k in after:
-            prev[k] = cur.get(k)
-            asof[k] = offset
-        cur.update(after)
+    gc.disable()  # millions of live lists: collections would dominate the build
+    try:
+        for offset, batch in enumerate(synthetic_engagement(n, entities)):
+            _, after = engagement_features(batch, cur, config)
+            for k in after:
+                held[k] = (offset, cur.get(k))
+            cur.update(after)
+    finally:
+        gc.enable()
     took = time.perf_counter() - started
     users = sum(k.startswith("u:") for k in cur)
     items = sum(k.startswith("i:") for k in cur)
@@ -207,7 +226,7 @@ def engagement_memory(n: int, entities: int, config: EngagementConfig) -> list[s
 
     def table_form() -> dict[str, str]:  # as featurize_engagement writes it (partition 0)
         return {"0/" + k.encode("unicode_escape").decode(): orjson.dumps(
-            {"asof": asof[k], "prev": prev[k], "cur": v}).decode() for k, v in cur.items()}
+            {"asof": held[k][0], "prev": held[k][1], "cur": v}).decode() for k, v in cur.items()}
 
     table, table_bytes = traced(table_form)
     value_chars = sum(len(v) for v in table.values()) / len(table)
@@ -215,21 +234,22 @@ def engagement_memory(n: int, entities: int, config: EngagementConfig) -> list[s
     bare, bare_bytes = traced(lambda: orjson.loads(orjson.dumps(cur)))
     del bare
     per_entry, per_bare = table_bytes / len(cur), bare_bytes / len(cur)
-    verdict = "meets" if per_entry <= TARGET_BYTES else "MISSES"
+    per_entity = table_bytes / (users + items)
+    verdict = "ok" if per_entity <= TARGET_BYTES else "ABOVE TARGET"
     return [
         f"engagement state: {n:,} events in {took:.0f} s ({n / took:,.0f}/s in-process) -> "
         f"{users:,} users, {items:,} items, {pairs:,} user x category; "
-        f"{len(config.half_lives_s)} half-lives",
+        f"{len(config.half_lives_s)} half-lives; one partition's table",
         f"  table form (key + JSON str value + dict slot): {per_entry:,.0f} B per state "
-        f"({value_chars:.0f} chars a value), {table_bytes / (users + items):,.0f} B per "
-        f"user or item with user x category states counted to users; {verdict} the "
-        f"target of <= {TARGET_BYTES:,} B per entity",
+        f"({value_chars:.0f} chars a value); {per_entity:,.0f} B per user or item, user x "
+        f"category states counted to their users (target <= {TARGET_BYTES:,} B: {verdict})",
         f"  bare cur lists (key + list[float] + dict slot): {per_bare:,.0f} B per state",
-    ]
+    ], (f"  {'engagement state (table form)':<34} | {per_entry:>7,.0f} B a state, "
+        f"{per_entity:,.0f} B a user or item (target <= {TARGET_BYTES:,} B: {verdict})")
 
 
-def sensor_memory(sensors: int, config: SensorConfig) -> list[str]:
-    """Lines on the bytes of one sensor's state (the JSON str the table holds)."""
+def sensor_memory(sensors: int, config: SensorConfig) -> tuple[list[str], str]:
+    """A line on the bytes of one sensor's state (the JSON str the table holds); a summary."""
     n = int(1.25 * config.horizon_ms / 1000 * sensors)  # past the horizon: eviction runs
     events = e2e.events_table(n, sensors).drop_columns(["label"])
     states: dict[str, SensorState] = {}
@@ -245,9 +265,11 @@ def sensor_memory(sensors: int, config: SensorConfig) -> list[str]:
     table, held = traced(table_form)
     chars = statistics.mean(len(v) for v in table.values())
     rows = statistics.mean(len(s["t"]) for s in states.values())
-    return [f"sensor state: {held / len(table):,.0f} B per sensor held ({chars:,.0f} chars of "
-            f"JSON, {rows:.0f} buffered events of 9 readings: {config.horizon_ms // 60000} min "
-            f"horizon at one event per {sensors} s)"]
+    per = held / len(table)
+    return [f"sensor state (key + JSON str value + dict slot): {per:,.0f} B per sensor "
+            f"({chars:,.0f} chars of JSON; {rows:.0f} buffered events of 9 readings: "
+            f"{config.horizon_ms // 60000} min horizon at one event per {sensors} s)"], \
+        f"  {'sensor state (table form)':<34} | {per:>7,.0f} B a sensor"
 
 
 def main() -> None:
@@ -269,6 +291,7 @@ def main() -> None:
     streams = {"sensor": ("sensor-events", FEATURE_SET),
                "engagement": ("engagement-events", ENGAGEMENT_FEATURE_SET)}
     figures: dict[str, dict[str, list[float]]] = {name: {} for name in streams}
+    done = False
     try:
         train_sensor_model(shuttle(sensors=args.sensors), Registry(work / "registry"), "shuttle",
                            config=base.sensor_features(), epochs=4)
@@ -299,8 +322,14 @@ def main() -> None:
                                            "data_dir": work / f"worker-{name}-{i}"})
                 asyncio.run(ensure_topics(run))
                 asyncio.run(produce_table(run, tables[name], run.topic(topic), chunk=5000))
-                runs.setdefault(f"headwater ingest+featurize ({feature_set})", []).append(
-                    run_featurize(run, feature_set, args.events, work / f"{name}-{i}.log"))
+                t0 = time.perf_counter()
+                rate, busy = run_featurize(run, feature_set, args.events,
+                                           work / f"{name}-{i}.log")
+                runs.setdefault(f"headwater ingest+featurize ({feature_set})", []).append(rate)
+                stages = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(busy.items()))
+                print(f"{name} run {i + 1}: {rate:,.0f} events/s over {args.events / rate:.1f} s "
+                      f"({time.perf_counter() - t0:.0f} s with start-up); stage seconds "
+                      f"(batch wall time, awaits included): {stages}")
 
         summary = []
         for name, runs in figures.items():
@@ -314,22 +343,26 @@ def main() -> None:
             summary.append((name, featurize, featurize / ceiling))
 
         print()
-        memory = engagement_memory(args.memory_events, args.entities, base.engagement_features())
-        memory += sensor_memory(args.sensors, base.sensor_features())
-        print(*memory, sep="\n")
+        eng_lines, eng_summary = engagement_memory(args.memory_events, args.entities,
+                                                   base.engagement_features())
+        sensor_lines, sensor_summary = sensor_memory(args.sensors, base.sensor_features())
+        print(*eng_lines, *sensor_lines, sep="\n")
 
         print(f"\nsummary (target: featurize >= {TARGET_RATIO} x the pass-through ceiling)")
         print(f"  {'path':<34} | {'events/s':>9} | x pass-through ceiling")
         for name, rate, ratio in summary:
             mark = "ok" if ratio >= TARGET_RATIO else "BELOW TARGET"
-            print(f"  {name + ' ingest+featurize':<34} | {rate:>9,.0f} | {ratio:.2f} ({mark})")
-        for line in memory:
-            if not line.startswith("  bare"):
-                print(f"  {line.strip()}")
+            print(f"  {name + ' ingest+featurize':<34} | {rate:>9,.0f} | {ratio:.3f} ({mark})")
+        print(eng_summary, sensor_summary, sep="\n")
+        done = True
     finally:
         asyncio.run(e2e.drop_topics(base, f"bench{tag}"))
         if started:
             node.stop()
+        if done:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"worker logs kept in {work}")
         print(f"\ntook {time.perf_counter() - wall:.0f} s")
 
 

@@ -263,8 +263,8 @@ def _check_duplicates(batch: pa.RecordBatch, group: np.ndarray, keys: list[str],
     seen = pc.is_in(ids, value_set=pa.array(known, pa.string())).to_numpy(
         zero_copy_only=False) if known else np.zeros(len(ids), bool)
     open_rows = np.array([r is None for r in reasons], bool)
-    _, first = np.unique(np.asarray(ids.to_pylist(), object)[open_rows].astype(str),
-                         return_index=True) if open_rows.any() else (None, np.empty(0, int))
+    codes = pc.dictionary_encode(ids).indices.to_numpy(zero_copy_only=False)
+    _, first = np.unique(codes[open_rows], return_index=True)  # first of each id, in C
     repeated = open_rows.copy()
     repeated[np.nonzero(open_rows)[0][first]] = False
     for i in np.nonzero(open_rows & (seen | repeated))[0].tolist():
@@ -360,11 +360,11 @@ def _at(t: np.ndarray, x: np.ndarray, pos: np.ndarray, evicted: np.ndarray,
     with np.errstate(divide="ignore", invalid="ignore"):
         rate = np.where(gap_s > 0, delta / gap_s, 0.0)
     cols = [value, delta, rate, gap_s]
-    stats = RangeStats(x)
-    hi = pos + 1
-    for w in config.windows_ms:
-        lo = np.searchsorted(t, t[pos] - w, "right")
-        count, mean, std, mn, mx = stats.query(lo, hi)
+    k, windows = len(pos), config.windows_ms
+    lo = np.concatenate([np.searchsorted(t, t[pos] - w, "right") for w in windows])
+    stats = RangeStats(x).query(lo, np.tile(pos + 1, len(windows)))  # every window at once
+    for i in range(len(windows)):
+        count, mean, std, mn, mx = (a[i * k:(i + 1) * k] for a in stats)
         flat = std <= 1e-12 * np.maximum(1.0, np.abs(mean))
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.where(flat, 0.0, (value - mean) / std)
