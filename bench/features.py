@@ -22,7 +22,7 @@ Then, in-process without Kafka, the memory of featurize state:
   4. engagement state for --entities users and items (--memory-events synthetic
      impressions and clicks, batches of 4096), measured with tracemalloc in the form the
      worker's `engagement-state` table holds it (key `"<partition>/" + escaped key`,
-     value the JSON str of {"asof", "prev", "cur"}), and as bare `cur` lists;
+     value the JSON str of {"asof", "prev", "cur", "format"}), and as bare `cur` lists;
   5. sensor state per sensor (the JSON str of `dump_state`) for the default windows.
 """
 
@@ -226,7 +226,8 @@ def engagement_memory(n: int, entities: int, config: EngagementConfig
 
     def table_form() -> dict[str, str]:  # as featurize_engagement writes it (partition 0)
         return {"0/" + k.encode("unicode_escape").decode(): orjson.dumps(
-            {"asof": held[k][0], "prev": held[k][1], "cur": v}).decode() for k, v in cur.items()}
+            {"asof": held[k][0], "prev": held[k][1], "cur": v,
+             "format": config.state_format}).decode() for k, v in cur.items()}
 
     table, table_bytes = traced(table_form)
     value_chars = sum(len(v) for v in table.values()) / len(table)
@@ -260,7 +261,8 @@ def sensor_memory(sensors: int, config: SensorConfig) -> tuple[list[str], str]:
         asof.update(dict.fromkeys(after, offset))
 
     def table_form() -> dict[str, str]:  # as featurize writes it
-        return {k: dump_state(s, asof=asof[k]).decode() for k, s in states.items()}
+        return {k: dump_state(s, asof=asof[k], format=config.state_format).decode()
+                for k, s in states.items()}
 
     table, held = traced(table_form)
     chars = statistics.mean(len(v) for v in table.values())

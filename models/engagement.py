@@ -98,6 +98,16 @@ class EngagementConfig:
     positive_rating: float = 4.0
     recency_cap_s: float = 30 * 86400.0
 
+    @property
+    def state_format(self) -> str:
+        """What a stored state must have been written with to be read back: the feature
+        set and the half-lives (a state holds one sum per half-life).
+
+        >>> EngagementConfig(half_lives_s=(600.0, 3600.0)).state_format
+        'engagement.v1;600.0,3600.0'
+        """
+        return f"{ENGAGEMENT_FEATURE_SET};{','.join(map(str, self.half_lives_s))}"
+
     def __post_init__(self) -> None:
         if not self.half_lives_s:
             raise ValueError("half_lives_s must name at least one half-life")

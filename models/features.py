@@ -121,6 +121,17 @@ class SensorConfig:
         """How far behind its latest event a sensor's values are kept."""
         return self.lateness_ms + max(self.windows_ms)
 
+    @property
+    def state_format(self) -> str:
+        """What a stored state must have been written with to be read back: the feature
+        set and the settings that shape the state (windows, half-lives, lateness).
+
+        >>> SensorConfig(windows_ms=(60000,), half_lives_ms=(1000,)).state_format
+        'sensor.v2;60000;1000;300000'
+        """
+        return ";".join([FEATURE_SET, ",".join(map(str, self.windows_ms)),
+                         ",".join(map(str, self.half_lives_ms)), str(self.lateness_ms)])
+
 
 class Skip(NamedTuple):
     """A row that produced no features: its index in the batch, a reason, details."""
@@ -211,7 +222,7 @@ def dump_state(state: SensorState, **extra: object) -> bytes:
     >>> s = {"tmax": 5, "ids": [["a", 5]], "readings": ["t"], "t": np.array([5]),
     ...      "x": np.array([[1.5]]), "evicted": np.full((1, 4), np.nan)}
     >>> back = load_state(dump_state(s, asof=7))
-    >>> back["asof"], back["x"].tolist(), np.isnan(back["evicted"]).all()
+    >>> back is not None and (back["asof"], back["x"].tolist(), np.isnan(back["evicted"]).all())
     (7, [[1.5]], np.True_)
     """
     doc = {k: v for k, v in state.items() if k not in _ARRAYS}
@@ -221,12 +232,22 @@ def dump_state(state: SensorState, **extra: object) -> bytes:
     return orjson.dumps(doc | extra)
 
 
-def load_state(raw: bytes | str) -> SensorState:
-    """The inverse of `dump_state`."""
-    doc: SensorState = orjson.loads(raw)
-    for k, dtype in _ARRAYS.items():
-        shape, data = doc[k]
-        doc[k] = np.frombuffer(base64.b64decode(data), dtype).reshape(shape).copy()
+def load_state(raw: bytes | str, state_format: str | None = None) -> SensorState | None:
+    """The inverse of `dump_state`; None for a state this code cannot use: unreadable,
+    or (given `state_format`) written with another feature set or window settings.
+
+    >>> load_state(b'{"window": 8}') is None
+    True
+    """
+    try:
+        doc: SensorState = orjson.loads(raw)
+        if state_format is not None and doc.get("format") != state_format:
+            return None
+        for k, dtype in _ARRAYS.items():
+            shape, data = doc[k]
+            doc[k] = np.frombuffer(base64.b64decode(data), dtype).reshape(shape).copy()
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None
     return doc
 
 

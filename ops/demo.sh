@@ -10,8 +10,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$ROOT/ops/bootstrap.sh"
 cd "$ROOT"
 hw="$HEADWATER_VENV/bin/headwater"
-export HEADWATER_TOPIC_PREFIX="${HEADWATER_TOPIC_PREFIX-demo-}"
-export HEADWATER_APP_ID="${HEADWATER_APP_ID:-headwater-demo}"
+# each run has its own topics and state (feature state is event-time: a replay of the same
+# events into an old run's state would be late); they are dropped when the demo ends
+run="$(date +%s)"
+export HEADWATER_TOPIC_PREFIX="${HEADWATER_TOPIC_PREFIX-demo-$run-}"
+export HEADWATER_APP_ID="${HEADWATER_APP_ID:-headwater-demo-$run}"
 events="${DEMO_EVENTS:-49097}"
 rate="${DEMO_RATE:-10000}"
 mkdir -p .cache
@@ -29,6 +32,7 @@ echo "worker log: $log   metrics: http://127.0.0.1:${HEADWATER_WEB_PORT:-6066}/m
 worker=$!
 cleanup() {
   kill -TERM "$worker" 2>/dev/null && wait "$worker" 2>/dev/null || true
+  "$hw" topics drop 2>/dev/null || true
   if [ "$started_kafka" = 1 ]; then "$hw" kafka stop 2>/dev/null; fi
 }
 trap cleanup EXIT

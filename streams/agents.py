@@ -36,6 +36,7 @@ from streams.metrics import (
     MODEL_VERSION,
     REPLAYED,
     STAGE_SECONDS,
+    STATE_RESETS,
     UNSCORED,
 )
 from streams.outbox import Outbox, now_ms
@@ -160,7 +161,17 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
             batch, rejected = checked
             pending = [await dead("featurize", r, msg) for r in rejected]
             keys = pc.unique(batch.column("sensor_id")).to_pylist()
-            stored = {k: load_state(v) for k in keys if (v := state.get(k)) is not None}
+            stored = {}
+            for k in keys:
+                if (v := state.get(k)) is None:
+                    continue
+                if (loaded := load_state(v, config.state_format)) is None:
+                    # written by other feature code or settings: start this sensor afresh
+                    STATE_RESETS.labels("featurize").inc()
+                    log.warning("featurize: state of sensor %r is not %s; starting it "
+                                "afresh", k, config.state_format)
+                    continue
+                stored[k] = loaded
             done = [k for k, s in stored.items() if s.get("asof", -1) >= msg.offset]
             if done:
                 skip = pc.is_in(batch.column("sensor_id"), value_set=pa.array(done))
@@ -189,7 +200,7 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
                                                  headers=FEATURE_HEADERS))
             await asyncio.gather(*pending)  # delivered before the state moves past them
             for k, s in after.items():
-                state[k] = dump_state(s, asof=msg.offset).decode()
+                state[k] = dump_state(s, asof=msg.offset, format=config.state_format).decode()
             EVENTS.labels("featurize").inc(out.num_rows)
             BATCH_ROWS.labels("featurize").observe(out.num_rows)
             STAGE_SECONDS.labels("featurize").observe(time.perf_counter() - started)
@@ -200,6 +211,7 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
     engagement_state = app.Table("engagement-state", default=None, partitions=n,
                                  key_type=str, value_type=str)
     engagement_config = settings.engagement_features()
+    engagement_format = engagement_config.state_format
     max_future_ms = config.max_future_ms
 
     @app.agent(engagement_batches, name="featurize-engagement")
@@ -240,8 +252,14 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
             # (the user x category separator is a control character)
             scope = f"{msg.partition}/"
             names = {k: scope + k.encode("unicode_escape").decode() for k in keys}
-            stored = {k: orjson.loads(v) for k in keys
-                      if (v := engagement_state.get(names[k])) is not None}
+            stored = {}
+            for k in keys:
+                if (v := engagement_state.get(names[k])) is None:
+                    continue
+                if (d := orjson.loads(v)).get("format") != engagement_format:
+                    STATE_RESETS.labels("featurize-engagement").inc()  # other code wrote it
+                    continue
+                stored[k] = d
             before = resume(stored, len(keys), msg.offset)
             if before is None:
                 REPLAYED.labels("featurize-engagement").inc(batch.num_rows)
@@ -270,7 +288,8 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
                 before[mark] = applied
             for k, cur in after.items():
                 engagement_state[names[k]] = orjson.dumps(
-                    {"asof": msg.offset, "prev": before.get(k), "cur": cur}).decode()
+                    {"asof": msg.offset, "prev": before.get(k), "cur": cur,
+                     "format": engagement_format}).decode()
             EVENTS.labels("featurize-engagement").inc(out.num_rows)
             BATCH_ROWS.labels("featurize-engagement").observe(out.num_rows)
             STAGE_SECONDS.labels("featurize-engagement").observe(time.perf_counter() - started)

@@ -164,6 +164,18 @@ def register_commands(app: HeadwaterApp) -> None:
         if done.returncode:
             fail(f"bench failed with exit code {done.returncode}")
 
+    @app.command(argument("action", type=click.Choice(["create", "drop"])))
+    async def topics(self: AppCommand, action: str) -> None:
+        """Create the topics (idempotent), or drop this prefix's and app id's topics."""
+        from streams.topics import drop_topics, ensure_topics
+
+        try:
+            names = await (ensure_topics(settings) if action == "create"
+                           else drop_topics(settings))
+        except RuntimeError as exc:
+            fail(str(exc))
+        print(f"{'created' if action == 'create' else 'dropped'} {len(names)} topics")
+
     @app.command()
     async def status(self: AppCommand) -> None:
         """Ask the running worker's /health and /ready and print what they say."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = ["BATCH_ROWS", "CONSUMER_LAG", "DEAD_LETTERS", "DUPLICATES", "END_TO_END_SECONDS",
-           "EVENTS", "MODEL_VERSION", "REPLAYED", "STAGE_SECONDS", "UNSCORED"]
+           "EVENTS", "MODEL_VERSION", "REPLAYED", "STAGE_SECONDS", "STATE_RESETS",
+           "UNSCORED"]
 
 EVENTS = Counter("headwater_events_total", "Events processed, by agent", ["agent"])
 DEAD_LETTERS = Counter("headwater_dead_letters_total", "Messages sent to dead-letters",
@@ -29,3 +30,6 @@ REPLAYED = Counter("headwater_replayed_rows_total",
                    ["agent"])
 UNSCORED = Counter("headwater_unscored_rows_total",
                    "Feature rows of a feature set no served model scores", ["feature_set"])
+STATE_RESETS = Counter("headwater_state_resets_total",
+                       "Stored states dropped because other feature code or settings wrote them",
+                       ["agent"])

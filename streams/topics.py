@@ -9,7 +9,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from streams.settings import TOPICS, Settings
 
-__all__ = ["ensure_topics"]
+__all__ = ["drop_topics", "ensure_topics"]
 
 log = logging.getLogger(__name__)
 
@@ -54,5 +54,25 @@ async def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> 
         if created:
             log.info("created topics: %s", ", ".join(created))
         return created
+    finally:
+        await admin.close()
+
+
+async def drop_topics(settings: Settings) -> list[str]:
+    """Delete this deployment's topics: those with the topic prefix (a prefix is needed)
+    and the worker's own (`<app id>-...`: table changelogs, Faust's internals).
+
+    For demos and benchmarks that start each run afresh; returns the names deleted.
+    """
+    if not settings.topic_prefix:
+        raise RuntimeError("refusing to drop topics without HEADWATER_TOPIC_PREFIX")
+    admin = AIOKafkaAdminClient(**settings.kafka_options())
+    await admin.start()
+    try:
+        doomed = sorted(t for t in await admin.list_topics()
+                        if t.startswith((settings.topic_prefix, f"{settings.app_id}-")))
+        if doomed:
+            await admin.delete_topics(doomed)
+        return doomed
     finally:
         await admin.close()

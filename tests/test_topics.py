@@ -8,7 +8,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.settings import TOPICS, Settings
-from streams.topics import ensure_topics
+from streams.topics import drop_topics, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -36,3 +36,15 @@ def test_too_few_partitions_is_an_error(settings: Settings) -> None:
     more = settings.model_copy(update={"partitions": settings.partitions + 2})
     with pytest.raises(RuntimeError, match="fewer than HEADWATER_PARTITIONS"):
         asyncio.run(ensure_topics(more, ("labels",)))
+
+
+def test_drop_topics_deletes_this_prefix_only(settings: Settings) -> None:
+    other = settings.model_copy(update={"topic_prefix": "keep-" + settings.topic_prefix,
+                                        "app_id": "keep-" + settings.app_id})
+    asyncio.run(ensure_topics(settings, ("labels", "metrics")))
+    asyncio.run(ensure_topics(other, ("labels",)))
+    dropped = asyncio.run(drop_topics(settings))
+    assert set(dropped) == {settings.topic(t) for t in ("labels", "metrics")}
+    assert asyncio.run(drop_topics(other)) == [other.topic("labels")]  # it was left alone
+    with pytest.raises(RuntimeError, match="without HEADWATER_TOPIC_PREFIX"):
+        asyncio.run(drop_topics(settings.model_copy(update={"topic_prefix": ""})))
