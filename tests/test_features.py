@@ -8,7 +8,15 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.features import SensorConfig, SensorState, Skip, feature_names, sensor_features
+from models.features import (
+    SensorConfig,
+    SensorState,
+    Skip,
+    dump_state,
+    feature_names,
+    load_state,
+    sensor_features,
+)
 from tests.data import nab, occupancy
 from tests.reference import _one_row, late_rows, sensor_reference
 
@@ -139,3 +147,14 @@ def test_a_batch_with_no_rows_left_gives_an_empty_feature_batch() -> None:
     out, state, skipped = sensor_features(b, {}, CONFIG)
     assert (out.num_rows, state, skipped) == (0, {}, [])
     assert out.schema.names[-1] == "t.ewma_1h"
+
+
+def test_a_state_from_other_settings_is_not_read_back() -> None:
+    b = pa.record_batch({"event_id": ["a"], "sensor_id": ["s"], "event_time": [7],
+                         "readings.t": [2.5]})
+    _, state, _ = sensor_features(b, {}, CONFIG)
+    raw = dump_state(state["s"], format=CONFIG.state_format)
+    assert load_state(raw, CONFIG.state_format) is not None
+    other = SensorConfig(half_lives_ms=(60_000,))  # one EWMA sum fewer per reading
+    assert load_state(raw, other.state_format) is None
+    assert load_state(b'{"f1": [1.0, 2.0]}', CONFIG.state_format) is None  # older code's shape
