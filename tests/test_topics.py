@@ -9,6 +9,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.settings import TOPICS, Settings
 from streams.topics import drop_topics, ensure_topics
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -43,8 +44,21 @@ def test_drop_topics_deletes_this_prefix_only(settings: Settings) -> None:
                                         "app_id": "keep-" + settings.app_id})
     asyncio.run(ensure_topics(settings, ("labels", "metrics")))
     asyncio.run(ensure_topics(other, ("labels",)))
+    wanted = {settings.topic("labels"), settings.topic("metrics"), other.topic("labels")}
+    wait_for(lambda: wanted <= set(asyncio.run(listed(settings))), 30,
+             "the new topics in the broker's metadata")
     dropped = asyncio.run(drop_topics(settings))
     assert set(dropped) == {settings.topic(t) for t in ("labels", "metrics")}
     assert asyncio.run(drop_topics(other)) == [other.topic("labels")]  # it was left alone
     with pytest.raises(RuntimeError, match="without HEADWATER_TOPIC_PREFIX"):
         asyncio.run(drop_topics(settings.model_copy(update={"topic_prefix": ""})))
+
+
+async def listed(s: Settings) -> list[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap)
+    await admin.start()
+    try:
+        names: list[str] = await admin.list_topics()
+        return names
+    finally:
+        await admin.close()
