@@ -21,7 +21,7 @@ Rejected(reason='missing-field', detail='sensor_id', row=None)
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Protocol
@@ -40,6 +40,7 @@ __all__ = [
     "Rejected",
     "SensorBatchBuilder",
     "check_id",
+    "read_checked",
     "check_time",
     "content_kind",
     "decode_sensor_json",
@@ -413,15 +414,23 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(cols, schema=schema)
 
 
-def _read_checked(value: bytes | None) -> Rejected | tuple[pa.Table, list[Rejected]]:
-    """Read one Arrow message of sensor events and check it (`validate_sensor_table`)."""
+Checked = Rejected | tuple[pa.Table, list[Rejected]]
+
+
+def read_checked(value: bytes | None, validate: Callable[[pa.Table], Checked]) -> Checked:
+    """Read one Arrow message and check it with `validate`: the good rows and a reason
+    per bad one, or one reason when the message is empty or unreadable."""
     if not value:
         return Rejected("empty-value", "message value is empty or null")
     try:
         table = read_ipc(value)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         return Rejected("bad-arrow", str(exc)[:300])
-    return validate_sensor_table(table)
+    return validate(table)
+
+
+def _read_checked(value: bytes | None) -> Checked:
+    return read_checked(value, validate_sensor_table)
 
 
 def validate_sensor_table(table: pa.Table) -> Rejected | tuple[pa.Table, list[Rejected]]:

@@ -40,7 +40,7 @@ from schemas.codec import (
     Rejected,
     check_id,
     check_time,
-    read_ipc,
+    read_checked,
     with_metadata,
 )
 from schemas.events import EngagementEvent
@@ -280,14 +280,7 @@ def _one_batch(table: pa.Table) -> pa.RecordBatch:
 
 
 def _read_checked(value: bytes | None) -> Rejected | tuple[pa.Table, list[Rejected]]:
-    """Read one Arrow message of engagement events and check it."""
-    if not value:
-        return Rejected("empty-value", "message value is empty or null")
-    try:
-        table = read_ipc(value)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        return Rejected("bad-arrow", str(exc)[:300])
-    return validate_engagement_table(table)
+    return read_checked(value, validate_engagement_table)
 
 
 def _is_string(t: pa.DataType) -> bool:

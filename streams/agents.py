@@ -140,6 +140,16 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
         return await outbox.dead_letter(agent, r, topic=msg.topic, partition=msg.partition,
                                         offset=msg.offset, key=msg.key, raw=msg.value)
 
+    async def open_batch(agent: str, checked: Rejected | tuple[pa.RecordBatch, list[Rejected]],
+                         msg: Any) -> tuple[pa.RecordBatch, list[asyncio.Future[object]]] | None:
+        """A checked batch message's good rows and its bad rows' dead letters (sent), or
+        None when the whole message was dead-lettered."""
+        if isinstance(checked, Rejected):
+            await dead(agent, checked, msg)
+            return None
+        batch, rejected = checked
+        return batch, [await dead(agent, r, msg) for r in rejected]
+
     @app.agent(batches, name="featurize")
     async def featurize(stream: StreamT[bytes]) -> AsyncIterable[None]:
         """Sensor batches to feature batches; per-sensor state in the `sensor-state` table.
@@ -154,12 +164,11 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
         async for event in stream.events():
             msg = event.message
             started = time.perf_counter()
-            checked = sensor_batch(event.value, msg.offset, msg.timestamp, now_ms())
-            if isinstance(checked, Rejected):
-                await dead("featurize", checked, msg)
+            opened = await open_batch(
+                "featurize", sensor_batch(event.value, msg.offset, msg.timestamp, now_ms()), msg)
+            if opened is None:
                 continue
-            batch, rejected = checked
-            pending = [await dead("featurize", r, msg) for r in rejected]
+            batch, pending = opened
             keys = pc.unique(batch.column("sensor_id")).to_pylist()
             stored = {}
             for k in keys:
@@ -229,12 +238,11 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
         async for event in stream.events():
             msg = event.message
             started = time.perf_counter()
-            checked = engagement_batch(event.value, msg.offset, msg.timestamp, now_ms())
-            if isinstance(checked, Rejected):
-                await dead("featurize-engagement", checked, msg)
+            opened = await open_batch("featurize-engagement", engagement_batch(
+                event.value, msg.offset, msg.timestamp, now_ms()), msg)
+            if opened is None:
                 continue
-            batch, rejected = checked
-            pending = [await dead("featurize-engagement", r, msg) for r in rejected]
+            batch, pending = opened
             ahead = pc.subtract(batch.column("event_time"), batch.column("ingest_time"))
             future = pc.fill_null(pc.greater(ahead, max_future_ms), False)
             for row in pc.indices_nonzero(future).to_pylist():
