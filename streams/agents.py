@@ -42,7 +42,7 @@ from streams.metrics import (
 from streams.outbox import Outbox, now_ms
 from streams.settings import Settings
 
-__all__ = ["predictions_json", "resume", "wire_agents"]
+__all__ = ["predictions_json", "resume", "wire_agents", "write_durably"]
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +208,9 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
                                                  partition=msg.partition,
                                                  headers=FEATURE_HEADERS))
             await asyncio.gather(*pending)  # delivered before the state moves past them
-            for k, s in after.items():
-                state[k] = dump_state(s, asof=msg.offset, format=config.state_format).decode()
+            await write_durably(state, {
+                k: dump_state(s, asof=msg.offset, format=config.state_format).decode()
+                for k, s in after.items()}, msg.partition)
             EVENTS.labels("featurize").inc(out.num_rows)
             BATCH_ROWS.labels("featurize").observe(out.num_rows)
             STAGE_SECONDS.labels("featurize").observe(time.perf_counter() - started)
@@ -294,10 +295,10 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
             if batch.num_rows:
                 after[mark] = pc.max(batch.column("source_offset")).as_py()
                 before[mark] = applied
-            for k, cur in after.items():
-                engagement_state[names[k]] = orjson.dumps(
-                    {"asof": msg.offset, "prev": before.get(k), "cur": cur,
-                     "format": engagement_format}).decode()
+            await write_durably(engagement_state, {
+                names[k]: orjson.dumps({"asof": msg.offset, "prev": before.get(k), "cur": cur,
+                                        "format": engagement_format}).decode()
+                for k, cur in after.items()}, msg.partition)
             EVENTS.labels("featurize-engagement").inc(out.num_rows)
             BATCH_ROWS.labels("featurize-engagement").observe(out.num_rows)
             STAGE_SECONDS.labels("featurize-engagement").observe(time.perf_counter() - started)
@@ -347,6 +348,22 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
 
     _ = (featurize, featurize_engagement, infer)
     return loaded
+
+
+async def write_durably(table: Any, values: dict[str, str], partition: int) -> None:
+    """Set table keys and wait until their changelog messages are acknowledged.
+
+    `table[k] = v` hands the changelog message to Faust's producer buffer, and Faust
+    may commit the input offset before that message reaches the broker (a kill -9 then
+    lost a batch's state while its input counted as done). Here the store is set
+    directly and the changelog sent and awaited, in the partition of the input, as
+    Faust itself would write it, before the agent takes its next message.
+    """
+    pending = []
+    for k, v in values.items():
+        table.data[k] = v
+        pending.append(await table.changelog_topic.send(key=k, value=v, partition=partition))
+    await asyncio.gather(*pending)
 
 
 def resume(stored: dict[str, Any], keys: int, offset: int) -> dict[str, Any] | None:
