@@ -210,7 +210,7 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
             await asyncio.gather(*pending)  # delivered before the state moves past them
             await write_durably(state, {
                 k: dump_state(s, asof=msg.offset, format=config.state_format).decode()
-                for k, s in after.items()}, msg.partition)
+                for k, s in after.items()}, msg.partition, outbox)
             EVENTS.labels("featurize").inc(out.num_rows)
             BATCH_ROWS.labels("featurize").observe(out.num_rows)
             STAGE_SECONDS.labels("featurize").observe(time.perf_counter() - started)
@@ -298,7 +298,7 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
             await write_durably(engagement_state, {
                 names[k]: orjson.dumps({"asof": msg.offset, "prev": before.get(k), "cur": cur,
                                         "format": engagement_format}).decode()
-                for k, cur in after.items()}, msg.partition)
+                for k, cur in after.items()}, msg.partition, outbox)
             EVENTS.labels("featurize-engagement").inc(out.num_rows)
             BATCH_ROWS.labels("featurize-engagement").observe(out.num_rows)
             STAGE_SECONDS.labels("featurize-engagement").observe(time.perf_counter() - started)
@@ -350,20 +350,22 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
     return loaded
 
 
-async def write_durably(table: Any, values: dict[str, str], partition: int) -> None:
-    """Set table keys and wait until their changelog messages are acknowledged.
+async def write_durably(table: Any, values: dict[str, str], partition: int,
+                        outbox: Outbox) -> None:
+    """Set table keys and wait until their changelog records are acknowledged.
 
-    `table[k] = v` hands the changelog message to Faust's producer buffer, and Faust
-    may commit the input offset before that message reaches the broker (a kill -9 then
+    `table[k] = v` hands each changelog record to Faust's producer buffer, and Faust
+    may commit the input offset before that record reaches the broker (a kill -9 then
     lost a batch's state while its input counted as done). Here the store is set
-    directly and the changelog sent and awaited, in the partition of the input, as
-    Faust itself would write it, before the agent takes its next message.
+    directly and the records go out in a few record batches to the changelog partition
+    of the input, encoded as Faust encodes a str table (JSON), and are awaited before
+    the agent takes its next message.
     """
-    pending = []
     for k, v in values.items():
         table.data[k] = v
-        pending.append(await table.changelog_topic.send(key=k, value=v, partition=partition))
-    await asyncio.gather(*pending)
+    records = [(orjson.dumps(k), orjson.dumps(v)) for k, v in values.items()]
+    await asyncio.gather(*await outbox.send_to_partition(
+        table.changelog_topic.get_topic_name(), partition, records))
 
 
 def resume(stored: dict[str, Any], keys: int, offset: int) -> dict[str, Any] | None:

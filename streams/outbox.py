@@ -113,6 +113,22 @@ class Outbox:
             futures.append(await self.producer.send_batch(batch, topic, partition=p))
         return futures
 
+    async def send_to_partition(self, topic: str, partition: int,
+                                records: Sequence[tuple[bytes, bytes]]
+                                ) -> list[asyncio.Future[object]]:
+        """Send (key, value) records to one partition, in order, a few record batches."""
+        futures: list[asyncio.Future[object]] = []
+        ts = now_ms()
+        batch = self.producer.create_batch()
+        for key, value in records:
+            if batch.append(key=key, value=value, timestamp=ts, headers=[]) is None:
+                futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+                batch = self.producer.create_batch()
+                batch.append(key=key, value=value, timestamp=ts, headers=[])
+        if batch.record_count():
+            futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+        return futures
+
     def summary(self) -> str | None:
         """One line on the dead letters since the last call, or None if there were none.
 
