@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+from aiokafka.errors import KafkaError
 from faust import App
 from faust.types import StreamT
 
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 FEATURE_HEADERS = headers(ARROW, "feature-batch.v1")
 OFFSET_MARK = "source-offset"
 SERVED_FEATURE_SET = FEATURE_SET  # the sensor model; the engagement model comes with its agent
+SEND_ATTEMPTS = 8  # about two minutes of backing off before infer gives up
 JSON_HEADERS = headers(JSON, "prediction.v1")
 ARROW_HEADERS = headers(ARROW, "prediction.v1")
 
@@ -340,10 +342,18 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
                     continue
                 tables.append(t.append_column("source_partition", pa.array(
                     [event.message.partition] * t.num_rows, pa.int32())))
-            pending: list[asyncio.Future[object]] = []
-            for t in _chunks(tables, settings.infer_max_rows):
-                pending += await _infer_batch(t, model, score, outbox, settings)
-            await asyncio.gather(*pending)
+            for attempt in range(SEND_ATTEMPTS):  # a broker away: Faust would ack and lose
+                try:
+                    pending: list[asyncio.Future[object]] = []
+                    for t in _chunks(tables, settings.infer_max_rows):
+                        pending += await _infer_batch(t, model, score, outbox, settings)
+                    await asyncio.gather(*pending)
+                    break
+                except KafkaError as exc:
+                    if attempt == SEND_ATTEMPTS - 1:
+                        raise
+                    log.warning("infer: sending predictions failed (%r); sending again", exc)
+                    await asyncio.sleep(min(30.0, 0.5 * 2 ** attempt))  # back off
             yield None
 
     _ = (featurize, featurize_engagement, infer)
