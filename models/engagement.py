@@ -60,6 +60,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from models.features import PASS_THROUGH
+
 __all__ = [
     "ENGAGEMENT_FEATURE_SET",
     "SCOPES",
@@ -73,7 +75,6 @@ __all__ = [
 
 ENGAGEMENT_FEATURE_SET = "engagement.v1"
 SCOPES = ("user", "item", "user_category")
-PASS_THROUGH = ("event_id", "event_time", "source_time", "source_offset", "ingest_time")
 IMPRESSION_KINDS = ("impression", "rating")
 POSITIVE_KINDS = ("click", "purchase")
 KEY_SEP = "\x1f"

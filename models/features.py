@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from models.windows import RangeStats, decayed_prefix
+from schemas.codec import READING_PREFIX
 
 __all__ = [
     "FEATURE_SET",
@@ -63,7 +64,6 @@ __all__ = [
     "sensor_features",
 ]
 
-READING_PREFIX = "readings."
 FEATURE_SET = "sensor.v2"
 PASS_THROUGH = ("event_id", "event_time", "source_time", "source_offset", "ingest_time")
 WINDOW_STATS = ("count", "mean", "std", "min", "max", "z")
