@@ -274,12 +274,17 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
             before = resume(stored, len(keys), msg.offset)
             if before is None:
                 REPLAYED.labels("featurize-engagement").inc(batch.num_rows)
+                log.info("featurize-engagement: batch at %s:%d was applied before a restart; "
+                         "skipped", msg.topic, msg.offset)
                 yield None
                 continue
             applied = before.pop(mark, None)
             if applied is not None:  # events ingest sent again after a crash
                 again = pc.less_equal(batch.column("source_offset"), applied)
-                DUPLICATES.labels("featurize-engagement").inc(pc.sum(again).as_py() or 0)
+                if (n_again := pc.sum(again).as_py() or 0):
+                    DUPLICATES.labels("featurize-engagement").inc(n_again)
+                    log.info("featurize-engagement: %d events of the batch at %s:%d were "
+                             "applied before a restart; skipped", n_again, msg.topic, msg.offset)
                 batch = batch.filter(pc.invert(again))
             try:
                 out, after = engagement_features(batch, before, engagement_config)

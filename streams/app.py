@@ -45,12 +45,20 @@ class HeadwaterApp(faust.App):
             "state_recovered": self.tables.recovery.completed.is_set(),  # type: ignore[attr-defined]
         }
         checks["ready"] = bool(checks["model"] and checks["state_recovered"]
-                               and checks["ingest_partitions"])
+                               and checks["ingest_partitions"] and checks["agent_partitions"])
         return checks
+
+    def internal_topics(self) -> dict[str, int]:
+        """The topics Faust makes for this app (table changelogs, the leader topic), created
+        with ours so that the consumer group sees them all when it first joins."""
+        topics = {t.changelog_topic.get_topic_name(): t.partitions or self.hw.partitions
+                  for t in self.tables.values()}
+        topics[f"{self.conf.id}-__assignor-__leader"] = 1
+        return topics
 
     async def on_first_start(self) -> None:
         self.hw.data_dir.mkdir(parents=True, exist_ok=True)
-        await ensure_topics(self.hw)
+        await ensure_topics(self.hw, internal=self.internal_topics())
         await self.outbox.start()
         await super().on_first_start()
 

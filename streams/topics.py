@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -16,46 +18,67 @@ log = logging.getLogger(__name__)
 COMPACTED = {"model-updates"}
 
 
-async def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> list[str]:
+async def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS, *,
+                        internal: dict[str, int] | None = None) -> list[str]:
     """Create the topics that are missing; return the full names of those created.
 
-    Existing topics are left as they are, but one with fewer partitions than configured
-    is an error: partition p of an input maps to partition p of the internal topics.
+    `internal` adds compacted topics by full name and partition count (the worker's
+    table changelogs, Faust's leader topic). Existing topics are left as they are, but
+    one with fewer partitions than configured is an error: partition p of an input maps
+    to partition p of the internal topics. Returns once the broker's metadata shows
+    every topic with a leader for each partition: a consumer group that joins earlier is
+    assigned nothing for the topics it cannot see yet, and Faust does not ask again.
     """
     admin = AIOKafkaAdminClient(**settings.kafka_options())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = {settings.topic(n): n for n in names}
+        wanted = {settings.topic(n): (settings.partitions, n in COMPACTED) for n in names}
+        wanted.update({full: (n, True) for full, n in (internal or {}).items()})
         missing = [
-            NewTopic(full, settings.partitions, settings.replication,
-                     topic_configs=({"cleanup.policy": "compact"} if short in COMPACTED
+            NewTopic(full, n, settings.replication,
+                     topic_configs=({"cleanup.policy": "compact"} if compact
                                     else {"retention.ms": str(settings.retention_ms)}))
-            for full, short in wanted.items() if full not in existing
+            for full, (n, compact) in wanted.items() if full not in existing
         ]
         created: list[str] = []
-        present = [t for t in wanted if t in existing]
         if missing:
             resp = await admin.create_topics(missing)
             for topic, code, *_ in resp.topic_errors:
-                if code == TopicAlreadyExistsError.errno:  # created meanwhile, by someone else
-                    present.append(topic)
-                elif code != 0:
+                if code not in (0, TopicAlreadyExistsError.errno):  # or made meanwhile
                     raise RuntimeError(f"cannot create topic {topic}: error code {code}")
-                else:
+                if code == 0:
                     created.append(topic)
-        if present:
-            meta = await admin.describe_topics(present)
-            for t in meta:
-                n = len(t["partitions"])
-                if n < settings.partitions:
-                    raise RuntimeError(f"topic {t['topic']} has {n} partitions, fewer than "
-                                       f"HEADWATER_PARTITIONS={settings.partitions}")
+        seen = await _visible(admin, {t: n for t, (n, _) in wanted.items()})
+        for topic, n in seen.items():
+            want = wanted[topic][0]
+            if n < want:
+                raise RuntimeError(f"topic {topic} has {n} partitions, fewer than "
+                                   f"{want} (HEADWATER_PARTITIONS={settings.partitions})")
         if created:
             log.info("created topics: %s", ", ".join(created))
         return created
     finally:
         await admin.close()
+
+
+async def _visible(admin: AIOKafkaAdminClient, topics: dict[str, int],
+                   timeout: float = 60.0) -> dict[str, int]:
+    """Wait until metadata shows each topic with a leader on every partition; return the
+    partition counts. A busy broker can answer "unknown topic" for seconds after a create.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        meta = await admin.describe_topics(list(topics))
+        counts = {t["topic"]: len(t["partitions"]) for t in meta if t["error_code"] == 0
+                  and all(p["leader"] >= 0 for p in t["partitions"])}
+        waiting = [t for t in topics if counts.get(t, 0) == 0]
+        if not waiting:
+            return counts
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topics not visible in the broker's metadata after "
+                               f"{timeout:.0f}s: {', '.join(sorted(waiting))}")
+        await asyncio.sleep(0.1)
 
 
 async def drop_topics(settings: Settings) -> list[str]:

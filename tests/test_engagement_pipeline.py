@@ -71,7 +71,12 @@ def test_engagement_features_survive_a_kill_9(settings: Settings, worker: Worker
                             if b.schema.metadata[b"feature_set"] == b"engagement.v1"])
     index = {e: i for i, e in enumerate(want_ids)}
     rows = np.array([index[e] for e in got.column("event_id").to_pylist()])
-    assert set(rows.tolist()) == set(range(EVENTS))
+    missing = sorted(set(range(EVENTS)) - set(rows.tolist()))
+    agent = '{agent="featurize-engagement"}'
+    assert not missing, (
+        f"{len(missing)} events have no features, from #{missing[0]}; replayed rows "
+        f"{sample(s, 'headwater_replayed_rows_total' + agent)}, duplicates "
+        f"{sample(s, 'headwater_duplicates_total' + agent)}")
     np.testing.assert_allclose(np.column_stack([got.column(c).to_numpy() for c in names]),
                                want[rows], rtol=1e-9, atol=1e-9)
     # an event time two days ahead of its ingest goes to dead-letters, not into state

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streams.settings import TOPICS, Settings
 from streams.topics import drop_topics, ensure_topics
@@ -32,10 +33,33 @@ def test_ensure_topics_is_idempotent(settings: Settings) -> None:
     assert {n for n, _ in parts.values()} == {settings.partitions}
 
 
+def test_internal_topics_are_compacted_and_visible_on_return(settings: Settings) -> None:
+    """A consumer group that joins before the broker's metadata shows a topic is assigned
+    none of it (and Faust never asks again): ensure_topics returns only once they show."""
+    changelog = f"{settings.app_id}-state-changelog"
+    asyncio.run(ensure_topics(settings, ("features",), internal={changelog: 2}))
+
+    async def described() -> dict[str, tuple[int, str]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+        await admin.start()
+        try:
+            meta = await admin.describe_topics([changelog, settings.topic("features")])
+            configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC,
+                                                                   changelog)])
+            policy = {name: value for name, value, *_ in configs[0].resources[0][4]}
+            return {m["topic"]: (len(m["partitions"]), m["error_code"]) for m in meta} | {
+                "policy": (0, policy["cleanup.policy"])}
+        finally:
+            await admin.close()
+
+    assert asyncio.run(described()) == {changelog: (2, 0), settings.topic("features"): (4, 0),
+                                        "policy": (0, "compact")}
+
+
 def test_too_few_partitions_is_an_error(settings: Settings) -> None:
     asyncio.run(ensure_topics(settings, ("labels",)))
     more = settings.model_copy(update={"partitions": settings.partitions + 2})
-    with pytest.raises(RuntimeError, match="fewer than HEADWATER_PARTITIONS"):
+    with pytest.raises(RuntimeError, match="fewer than 6 .HEADWATER_PARTITIONS=6"):
         asyncio.run(ensure_topics(more, ("labels",)))
 
 
