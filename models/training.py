@@ -1,9 +1,9 @@
-"""Offline training of the deep sensor model from an event table (no Kafka here).
+"""Offline training of the deep models from event tables (no Kafka here).
 
-The features come from the function the featurize agent runs (`sensor_features`) over
-the events in event-time order, from empty state, and the model input from
-`models.inference.collate` with the manifest that is saved: training sees exactly what
-serving will. Rows collate marks bad are left out, as infer
+The features come from the functions the featurize agents run (`sensor_features`,
+`engagement_features`) over the events in event-time order, from empty state, and the
+model input from `models.inference.collate` with the manifest that is saved: training
+sees exactly what serving will. Rows collate marks bad are left out, as infer
 dead-letters them. The last `val_fraction` of the stream (by time) is held out for the
 validation metrics stored in the manifest.
 
@@ -25,14 +25,29 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
+from models.engagement import (
+    ENGAGEMENT_FEATURE_SET,
+    EngagementConfig,
+    engagement_features,
+    positive_events,
+)
 from models.features import FEATURE_SET, SensorConfig, sensor_features
 from models.inference import BatchScorer, collate
+from models.ranker import EngagementMLP
 from models.registry import Registry
 from models.sensor import SensorMLP
 
-__all__ = ["TrainResult", "roc_auc", "sensor_training_set", "train_sensor_model"]
+__all__ = ["ENGAGEMENT_ID_BUCKETS", "ENGAGEMENT_ID_COLUMNS", "ENGAGEMENT_MODEL", "TrainResult",
+           "engagement_training_set", "roc_auc", "sensor_training_set",
+           "train_engagement_model", "train_sensor_model"]
 
 log = logging.getLogger(__name__)
+
+ENGAGEMENT_MODEL = "movielens"  # registry name of the engagement model
+#: engagement feature batches: entity_id is the user id
+ENGAGEMENT_ID_COLUMNS = ["entity_id", "item_id"]
+ENGAGEMENT_ID_BUCKETS = 1 << 14
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -73,7 +88,16 @@ def sensor_training_set(events: pa.Table, config: SensorConfig
     return feats, y
 
 
-def _fit(model: SensorMLP, x: np.ndarray, y: np.ndarray, *, epochs: int,
+def engagement_training_set(events: pa.Table, config: EngagementConfig
+                            ) -> tuple[pa.RecordBatch, np.ndarray]:
+    """The feature batch of the events (from empty state, in event-time order) and their
+    labels: 1 for a positive event (`models.engagement.positive_events`), else 0."""
+    batch = _in_time_order(events)
+    feats, _ = engagement_features(batch, {}, config)
+    return feats, positive_events(batch, config).astype(np.float32)
+
+
+def _fit(model: SensorMLP | EngagementMLP, x: np.ndarray, y: np.ndarray, *, epochs: int,
          rng: np.random.Generator, device: torch.device, pos_weight: float = 1.0,
          lr: float = 3e-3, batch_size: int = 512) -> None:
     """Train all members together: binary cross-entropy, bootstrap-weighted per member,
@@ -107,7 +131,7 @@ def _metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
-def _train(model: SensorMLP, init_args: dict[str, Any], feats: pa.RecordBatch,
+def _train(model: SensorMLP | EngagementMLP, init_args: dict[str, Any], feats: pa.RecordBatch,
            y: np.ndarray, inputs: dict[str, Any], *, registry: Registry, name: str,
            feature_set: str, epochs: int, seed: int, device: torch.device,
            val_fraction: float, promote: bool, balance: bool) -> TrainResult:
@@ -158,3 +182,29 @@ def train_sensor_model(events: pa.Table, registry: Registry, name: str, *,
                   name=name, feature_set=FEATURE_SET, epochs=epochs, seed=seed,
                   device=device or torch.device("cpu"), val_fraction=val_fraction,
                   promote=promote, balance=True)
+
+
+def train_engagement_model(events: pa.Table, registry: Registry,
+                           name: str = ENGAGEMENT_MODEL, *, config: EngagementConfig,
+                           epochs: int = 3, seed: int = 0, device: torch.device | None = None,
+                           val_fraction: float = 0.2, promote: bool = True,
+                           members: int = 5, buckets: int = ENGAGEMENT_ID_BUCKETS
+                           ) -> TrainResult:
+    """Train the engagement ensemble on engagement events (`models.datasets.movielens`'s
+    columns), validate, save to the registry (and promote); return the version and metrics.
+
+    The label of an event is whether it is a positive; the user and item ids are hashed
+    into `buckets` embedding rows each.
+    """
+    torch.manual_seed(seed)
+    feats, y = engagement_training_set(events, config)
+    names = feats.schema.metadata[b"feature_names"].decode().split(",")
+    inputs = {"feature_names": names, "id_columns": ENGAGEMENT_ID_COLUMNS,
+              "id_buckets": buckets}
+    init_args: dict[str, Any] = {"n_features": len(names), "buckets": buckets, "dim": 16,
+                                 "hidden": [64, 32], "members": members, "dropout": 0.1}
+    model = EngagementMLP(**init_args)
+    return _train(model, init_args, feats, y, inputs, registry=registry, name=name,
+                  feature_set=ENGAGEMENT_FEATURE_SET, epochs=epochs, seed=seed,
+                  device=device or torch.device("cpu"), val_fraction=val_fraction,
+                  promote=promote, balance=False)
