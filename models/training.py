@@ -15,6 +15,7 @@ is the members' losses summed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ from models.registry import Registry
 from models.sensor import SensorMLP
 
 __all__ = ["ENGAGEMENT_ID_BUCKETS", "ENGAGEMENT_ID_COLUMNS", "ENGAGEMENT_MODEL", "TrainResult",
-           "engagement_training_set", "roc_auc", "sensor_training_set",
+           "engagement_training_set", "event_kind", "roc_auc", "sensor_training_set",
            "train_engagement_model", "train_sensor_model"]
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,24 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
         return float("nan")
     ranks = rankdata(p)
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def event_kind(columns: Iterable[str]) -> str | None:
+    """Which model a table of events trains: "engagement", "sensor" (labelled sensor
+    events) or None.
+
+    >>> event_kind(["event_id", "user_id", "item_id", "event_time", "kind", "value"])
+    'engagement'
+    >>> event_kind(["sensor_id", "event_time", "readings.t", "label"]), event_kind(["x"])
+    ('sensor', None)
+    """
+    names = set(columns)
+    if {"user_id", "item_id", "event_time", "kind"} <= names:
+        return "engagement"
+    if {"sensor_id", "event_time", "label"} <= names and any(
+            n.startswith("readings.") for n in names):
+        return "sensor"
+    return None
 
 
 def _in_time_order(events: pa.Table) -> pa.RecordBatch:

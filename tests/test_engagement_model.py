@@ -11,11 +11,11 @@ import pyarrow as pa
 import pytest
 import torch
 
-from models.datasets import movielens
+from models.datasets import movielens, shuttle
 from models.engagement import ENGAGEMENT_FEATURE_SET, EngagementConfig, engagement_features
 from models.inference import BatchScorer, collate
 from models.registry import LoadedModel, Registry
-from models.training import ENGAGEMENT_MODEL, engagement_training_set, roc_auc
+from models.training import ENGAGEMENT_MODEL, engagement_training_set, event_kind, roc_auc
 from models.training import train_engagement_model as train
 from tests.data import shared
 
@@ -50,6 +50,12 @@ def test_engagement_feature_batches_carry_the_item_beside_the_user() -> None:
     out, _ = engagement_features(b, {}, CONFIG)
     assert out.column("entity_id").to_pylist() == ["u7"]
     assert out.column("item_id").to_pylist() == ["i9"]
+
+
+def test_train_tells_engagement_from_sensor_events_by_their_columns(events: pa.Table) -> None:
+    assert event_kind(events.schema.names) == "engagement"
+    assert event_kind(shuttle(limit=3).schema.names) == "sensor"
+    assert event_kind(shuttle(limit=3).drop_columns(["label"]).schema.names) is None
 
 
 def test_engagement_manifest_names_the_model_inputs(model: LoadedModel) -> None:
