@@ -1,8 +1,8 @@
-"""ML models: sensor and engagement features, window maths, deep nets, batched inference,
-uncertainty, registry, training.
+"""ML models: sensor and engagement features, window maths, deep ensembles, batched
+inference, uncertainty, registry, training.
 
 Nothing here imports Kafka, Faust or `streams`: the same code runs live and offline.
 """
 
-__all__ = ["datasets", "engagement", "features", "inference", "registry", "sensor", "training",
-           "uncertainty", "windows"]
+__all__ = ["datasets", "engagement", "ensemble", "features", "inference", "ranker", "registry",
+           "sensor", "training", "uncertainty", "windows"]

@@ -71,6 +71,7 @@ __all__ = [
     "engagement_features",
     "engagement_state_keys",
     "half_life_label",
+    "positive_events",
 ]
 
 ENGAGEMENT_FEATURE_SET = "engagement.v1"
@@ -297,13 +298,26 @@ def _event_flags(batch: pa.RecordBatch, config: EngagementConfig) -> F64:
     ]).astype(np.float64)
 
 
+def positive_events(batch: pa.RecordBatch, config: EngagementConfig) -> Bool:
+    """Which events are positives (the definition above): the engagement model's label.
+
+    >>> b = pa.record_batch({"kind": ["rating", "rating", "click", "impression"],
+    ...                      "value": [4.0, 3.5, None, None]})
+    >>> positive_events(b, EngagementConfig()).tolist()
+    [True, False, True, False]
+    """
+    positive: Bool = _event_flags(batch, config)[1] > 0
+    return positive
+
+
 def engagement_features(batch: pa.RecordBatch, states: Mapping[str, EntityState],
                         config: EngagementConfig
                         ) -> tuple[pa.RecordBatch, dict[str, EntityState]]:
     """Engagement features for every row of a batch, and the new state of every key touched.
 
-    Rows keep their order. `states` (state key -> `EntityState`) is not modified; keys
-    are `"u:" + user`, `"i:" + item` and `"uc:" + user + "\\x1f" + category`.
+    Rows keep their order; `entity_id` is the user id, beside `item_id`. `states` (state
+    key -> `EntityState`) is not modified; keys are `"u:" + user`, `"i:" + item` and
+    `"uc:" + user + "\\x1f" + category`.
     """
     for name in ("user_id", "item_id", "event_time", "kind"):
         if batch.column(name).null_count:
@@ -333,6 +347,7 @@ def engagement_features(batch: pa.RecordBatch, states: Mapping[str, EntityState]
     columns: dict[str, pa.Array] = {c: batch.column(c) for c in PASS_THROUGH
                                     if c in batch.schema.names}
     columns["entity_id"] = batch.column("user_id")
+    columns["item_id"] = batch.column("item_id")
     names = engagement_feature_names(config)
     for j, name in enumerate(names):
         columns[name] = pa.array(feats[j], pa.float64())

@@ -1,7 +1,8 @@
 """The `headwater` command: Faust's own CLI (`worker`, ...) plus headwater's commands.
 
     headwater kafka start|stop|status    the local broker (ops/, no Docker)
-    headwater train shuttle              train the sensor model, save and promote it
+    headwater train shuttle|movielens    train the sensor or engagement model, promote it
+    headwater train --parquet EVENTS     the same from a Parquet file of either kind of event
     headwater produce shuttle            replay a dataset into sensor-events
     headwater watch                      follow predictions: count, rate, latency
     headwater worker -l info             run ingest, featurize and infer
@@ -18,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 from faust.cli import AppCommand, argument, option
@@ -67,26 +68,73 @@ def register_commands(app: HeadwaterApp) -> None:
             fail(str(exc))
 
     @app.command(
-        argument("dataset", type=click.Choice(["shuttle"])),
-        option("--sensors", type=int, default=4, help="Simulated sensors to deal rows to"),
-        option("--epochs", type=int, default=15),
+        argument("dataset", type=click.Choice(["shuttle", "movielens"]), required=False),
+        option("--parquet", type=click.Path(dir_okay=False, exists=True), default=None,
+               help="Train on a Parquet file of sensor events (with `label`) or engagement "
+                    "events instead of a dataset"),
+        option("--data", type=click.Path(file_okay=False), default=str(SHARED_DATA),
+               help="Folder holding movielens-100k/"),
+        option("--limit", type=int, default=None, help="First N events (in time) only"),
+        option("--name", default=None,
+               help="Registry name; default the sensor model setting, or movielens"),
+        option("--sensors", type=int, default=4, help="shuttle: simulated sensors to deal to"),
+        option("--epochs", type=int, default=None, help="Default: 15 sensor, 3 engagement"),
         option("--seed", type=int, default=0),
     )
-    async def train(self: AppCommand, dataset: str, sensors: int, epochs: int,
+    async def train(self: AppCommand, dataset: str | None, parquet: str | None, data: str,
+                    limit: int | None, name: str | None, sensors: int, epochs: int | None,
                     seed: int) -> None:
-        """Train the deep sensor model on a dataset and promote it in the registry."""
-        from models.datasets import shuttle
+        """Train a deep model (sensor or engagement) on a dataset or a Parquet file of
+        events, save it to the registry and promote it."""
+        from pathlib import Path
+
+        import pyarrow.parquet as pq
+
+        from models import datasets
         from models.inference import pick_device
         from models.registry import Registry
-        from models.training import train_sensor_model
+        from models.training import (
+            ENGAGEMENT_MODEL,
+            TrainResult,
+            event_kind,
+            train_engagement_model,
+            train_sensor_model,
+        )
 
-        events = shuttle(sensors=sensors)
-        result = train_sensor_model(events, Registry(settings.registry_dir),
-                                    settings.sensor_model, config=settings.sensor_features(),
-                                    epochs=epochs, seed=seed, device=pick_device(settings.device))
+        if (dataset is None) == (parquet is None):
+            fail("name a dataset (shuttle or movielens) or pass --parquet PATH: one of them")
+        if parquet is not None:
+            events = pq.read_table(parquet)
+            source = parquet
+        elif dataset == "shuttle":
+            events, source = datasets.shuttle(limit=limit, sensors=sensors), "shuttle"
+        else:
+            folder = Path(data) / "movielens-100k"
+            if not folder.is_dir():
+                fail(f"{folder} not found: pass --data, the folder holding movielens-100k/")
+            events, source = datasets.movielens(folder, limit=limit), "movielens"
+        if parquet is not None and limit is not None:
+            events = events.sort_by("event_time").slice(0, limit)
+        kind = event_kind(events.schema.names)
+        registry = Registry(settings.registry_dir)
+        device = pick_device(settings.device)
+        extra: dict[str, Any] = {} if epochs is None else {"epochs": epochs}
+        result: TrainResult
+        if kind == "engagement":
+            result = train_engagement_model(events, registry, name or ENGAGEMENT_MODEL,
+                                            config=settings.engagement_features(), seed=seed,
+                                            device=device, **extra)
+        elif kind == "sensor":
+            result = train_sensor_model(events, registry, name or settings.sensor_model,
+                                        config=settings.sensor_features(), seed=seed,
+                                        device=device, **extra)
+        else:
+            fail(f"{source}: neither engagement events (user_id, item_id, event_time, kind) "
+                 "nor labelled sensor events (sensor_id, event_time, readings.*, label)")
         m = result.metrics
-        print(f"trained {result.name} v{result.version} on {int(m['train_rows'])} events: "
-              f"val AUC {m['val_auc']:.4f}, accuracy {m['val_accuracy']:.4f} "
+        print(f"trained {result.name} v{result.version} on {int(m['train_rows'])} events of "
+              f"{source}, validated on {int(m['val_rows'])}: AUC {m['val_auc']:.4f}, "
+              f"log loss {m['val_log_loss']:.4f}, accuracy {m['val_accuracy']:.4f} "
               f"({settings.registry_dir})")
 
     @app.command(

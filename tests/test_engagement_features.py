@@ -116,9 +116,10 @@ def test_features_equal_the_pairwise_reference_on_movielens(ratings: pa.Table) -
     got, state = streamed(ratings, sizes, CONFIG)
     want = reference(ratings.to_pandas(), CONFIG)
     names = engagement_feature_names(CONFIG)
-    assert list(got.columns) == ["event_id", "event_time", "entity_id", *names]
+    assert list(got.columns) == ["event_id", "event_time", "entity_id", "item_id", *names]
     assert got["event_id"].tolist() == ratings.column("event_id").to_pylist()
     assert got["entity_id"].tolist() == ratings.column("user_id").to_pylist()
+    assert got["item_id"].tolist() == ratings.column("item_id").to_pylist()
     for name in names:
         np.testing.assert_allclose(got[name].to_numpy(), want[name].to_numpy(), **TOL,
                                    err_msg=name)
