@@ -186,24 +186,34 @@ class BatchScorer:
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=dtype)
 
-    def member_probabilities(self, x: np.ndarray) -> np.ndarray:
-        """Each member's P(positive) for each row of `x` (float32, rows x inputs): `[N, K]`."""
-        with torch.inference_mode(), self._autocast():
+    def _members(self, x: np.ndarray) -> torch.Tensor:
+        """The members' probabilities `[N, K]` (float32, on the device); in inference mode."""
+        with self._autocast():
             logits = self.module(self._to_device(np.ascontiguousarray(x, np.float32)))
         if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
             raise ValueError(f"{type(self.module).__name__} returned logits of shape "
                              f"{tuple(logits.shape)} for {x.shape[0]} rows, not [rows, members]")
+        return torch.sigmoid(logits.float())
+
+    def member_probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Each member's P(positive) for each row of `x` (float32, rows x inputs): `[N, K]`."""
         with torch.inference_mode():
-            probs: np.ndarray = torch.sigmoid(logits.float()).cpu().numpy()
+            probs: np.ndarray = self._members(x).cpu().numpy()
         return probs.astype(np.float64)
 
     def score(self, x: np.ndarray) -> Scores:
-        """Probability, uncertainty and member variance of each row of `x`, in input order."""
+        """Probability, uncertainty and member variance of each row of `x`, in input order.
+
+        Mean and variance are taken on the device, so one `[N, 2]` copy comes back.
+        """
         if x.shape[0] == 0:
             return Scores(np.zeros(0), np.zeros(0), np.zeros(0))
-        p = self.member_probabilities(x)
-        mean = p.mean(axis=1)
-        return Scores(mean, binary_entropy(mean), p.var(axis=1))
+        with torch.inference_mode():
+            p = self._members(x)
+            stats = torch.stack([p.mean(dim=1), p.var(dim=1, correction=0)], dim=1)
+            host = stats.cpu().numpy().astype(np.float64)
+        mean = np.ascontiguousarray(host[:, 0])
+        return Scores(mean, binary_entropy(mean), np.ascontiguousarray(host[:, 1]))
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """P(positive) for each row of `x`: `score(x).probability`."""
