@@ -140,11 +140,24 @@ class Registry:
         _write_atomically(self.root / name / "HISTORY", "".join(f"{v}\n" for v in history))
         _write_atomically(self.root / name / "CURRENT", f"{version}\n")
 
+    def previous(self, name: str) -> int:
+        """The version `rollback` would promote; RegistryError when there is none."""
+        return self._rolled_back(name)[-1]
+
     def rollback(self, name: str) -> int:
         """Promote the version promoted before the current one again, and return it.
 
         Each rollback steps one promotion further back.
         """
+        history = self._rolled_back(name)
+        # CURRENT first: after a crash between the two writes, HISTORY still ends with
+        # the rolled-back version, and the next rollback trims it to CURRENT's
+        _write_atomically(self.root / name / "CURRENT", f"{history[-1]}\n")
+        _write_atomically(self.root / name / "HISTORY", "".join(f"{v}\n" for v in history))
+        return history[-1]
+
+    def _rolled_back(self, name: str) -> builtins.list[int]:
+        """The promotion history once the current version is rolled back."""
         current = self.current(name)
         history = self.history(name)
         if current not in history:
@@ -154,11 +167,7 @@ class Registry:
         if not history:
             raise RegistryError(f"{name}: v{current} is the first version promoted: "
                                 "nothing to roll back to")
-        # CURRENT first: after a crash between the two writes, HISTORY still ends with
-        # the rolled-back version, and the next rollback trims it to CURRENT's
-        _write_atomically(self.root / name / "CURRENT", f"{history[-1]}\n")
-        _write_atomically(self.root / name / "HISTORY", "".join(f"{v}\n" for v in history))
-        return history[-1]
+        return history
 
     def current(self, name: str) -> int:
         """The promoted version of `name`."""

@@ -27,6 +27,7 @@ __all__ = [
     "DeadLetter",
     "EngagementEvent",
     "Label",
+    "ModelUpdate",
     "Prediction",
     "SensorEvent",
     "headers",
@@ -159,6 +160,34 @@ class Prediction(_Message):
     predict_time: int
     source_time: int | None = None
     head_version: int | None = None
+    variance: float | None = None
+    item_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelUpdate(_Message):
+    """A promotion: every worker serving `name` is to serve `version`.
+
+    >>> ModelUpdate.from_dict({"name": "shuttle", "version": 2, "promoted_at": 5}).version
+    2
+    >>> ModelUpdate.from_dict({"name": "shuttle", "version": "2", "promoted_at": 5})
+    Traceback (most recent call last):
+    ...
+    ValueError: a model update needs a name, a version >= 1 and promoted_at
+    """
+
+    schema_name: ClassVar[str] = "model-update"
+    name: str
+    version: int
+    promoted_at: int
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelUpdate:
+        name, version, at = d.get("name"), d.get("version"), d.get("promoted_at")
+        if not (isinstance(name, str) and name and type(version) is int and version >= 1
+                and type(at) is int):
+            raise ValueError("a model update needs a name, a version >= 1 and promoted_at")
+        return cls(name, version, at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterable
 from typing import Any
 
-import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,114 +20,36 @@ from faust import App
 from faust.types import StreamT
 
 from models.engagement import engagement_features, engagement_state_keys
-from models.features import FEATURE_SET, dump_state, load_state, sensor_features
-from models.inference import BatchScorer, pick_device
-from models.registry import LoadedModel, Registry
-from models.uncertainty import binary_entropy
+from models.features import dump_state, load_state, sensor_features
 from schemas.codec import METADATA as SENSOR_META
-from schemas.codec import Rejected, read_ipc, sensor_batch, write_ipc
+from schemas.codec import Rejected, sensor_batch, write_ipc
 from schemas.engagement_codec import engagement_batch
-from schemas.events import ARROW, JSON, headers
+from schemas.events import ARROW, headers
+from streams.infer import chunks, infer_batch, route
 from streams.metrics import (
     BATCH_ROWS,
     DUPLICATES,
-    END_TO_END_SECONDS,
     EVENTS,
-    MODEL_VERSION,
     REPLAYED,
     STAGE_SECONDS,
     STATE_RESETS,
-    UNSCORED,
 )
 from streams.outbox import Outbox, now_ms
+from streams.serving import Serving
 from streams.settings import Settings
 
-__all__ = ["predictions_json", "resume", "wire_agents", "write_durably"]
+__all__ = ["resume", "wire_agents", "write_durably"]
 
 log = logging.getLogger(__name__)
 
 FEATURE_HEADERS = headers(ARROW, "feature-batch.v1")
 OFFSET_MARK = "source-offset"
-SERVED_FEATURE_SET = FEATURE_SET  # the sensor model; the engagement model comes with its agent
 SEND_ATTEMPTS = 8  # about two minutes of backing off before infer gives up
-JSON_HEADERS = headers(JSON, "prediction.v1")
-ARROW_HEADERS = headers(ARROW, "prediction.v1")
 
 
-def predictions_json(t: pa.Table, probs: np.ndarray, unc: np.ndarray, model: LoadedModel,
-                     predict_time: int) -> list[bytes]:
-    """One Prediction JSON document per row of a feature table, in row order.
-
-    Built column-wise with Arrow string kernels (about 0.3 us a row, against 9 us for a
-    dict and orjson per row); Arrow prints floats in their shortest round-trip form.
-
-    >>> from models.registry import LoadedModel
-    >>> t = pa.table({"event_id": ["e"], "entity_id": ['s"1'], "event_time": [1],
-    ...               "source_time": pa.array([None], pa.int64()), "ingest_time": [3]})
-    >>> m = LoadedModel("m", 4, None, {})
-    >>> doc = predictions_json(t, np.array([0.25]), np.array([0.81]), m, 5)[0]
-    >>> orjson.loads(doc) == {"event_id": "e", "entity_id": 's"1', "probability": 0.25,
-    ...     "uncertainty": 0.81, "model_name": "m", "model_version": 4, "head_version": None,
-    ...     "event_time": 1, "source_time": None, "ingest_time": 3, "predict_time": 5}
-    True
-    """
-    if t.num_rows == 0:
-        return []
-    lit = pa.scalar
-    fixed = (f',"model_name":{orjson.dumps(model.name).decode()},'
-             f'"model_version":{model.version},"head_version":null,"event_time":')
-    joined = pc.binary_join_element_wise(
-        lit('{"event_id":'), _json_strings(t.column("event_id")),
-        lit(',"entity_id":'), _json_strings(t.column("entity_id")),
-        lit(',"probability":'), _json_floats(probs),
-        lit(',"uncertainty":'), _json_floats(unc),
-        lit(fixed), _json_ints(t.column("event_time")),
-        lit(',"source_time":'), _json_ints(t.column("source_time")),
-        lit(',"ingest_time":'), _json_ints(t.column("ingest_time")),
-        lit(f',"predict_time":{predict_time}}}'), "")
-    docs: list[bytes] = joined.cast(pa.binary()).to_pylist()
-    return docs
-
-
-_NEEDS_ESCAPE = r'["\\\x00-\x1f]'
-
-
-def _json_strings(col: pa.ChunkedArray) -> pa.Array:
-    """JSON string literals for a string column (orjson only for rows that need escapes)."""
-    col = col.combine_chunks()
-    if pc.any(pc.match_substring_regex(col, _NEEDS_ESCAPE)).as_py():
-        return pa.array([orjson.dumps(v).decode() for v in col.to_pylist()], pa.string())
-    return pc.binary_join_element_wise(pa.scalar('"'), col, pa.scalar('"'), "")
-
-
-def _observe_latency(t: pa.Table, predict_time: int, most: int = 64) -> None:
-    """Feed the end-to-end histogram an even sample of the batch (observe is per value)."""
-    sources = t.column("source_time").to_numpy(zero_copy_only=False)
-    if not len(sources):
-        return
-    step = max(1, len(sources) // most)
-    for s in sources[::step]:
-        if s is not None and s == s:  # null source times arrive as None or NaN
-            END_TO_END_SECONDS.observe(max(0.0, (predict_time - int(s)) / 1000))
-
-
-def _json_floats(values: np.ndarray) -> pa.Array:
-    """Shortest round-trip text of each float, always with a decimal point or exponent."""
-    text = pc.cast(pa.array(values, pa.float64()), pa.string())
-    whole = pc.invert(pc.match_substring_regex(text, r"[.eE]"))
-    return pc.if_else(whole, pc.binary_join_element_wise(text, pa.scalar(".0"), ""), text)
-
-
-def _json_ints(col: pa.ChunkedArray) -> pa.Array:
-    text = pc.cast(col.combine_chunks(), pa.string())
-    return pc.fill_null(text, "null")
-
-
-def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
-    """Declare the topics, the state tables and the agents on `app`.
-
-    Returns the infer agent's loaded model (`model`, `scorer`), filled once it starts.
-    """
+def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving) -> None:
+    """Declare the topics, the state tables and the agents on `app`; infer scores with
+    the models of `serving`."""
     n = settings.partitions
     batches = app.topic(settings.topic("sensor-batches"), value_type=bytes,
                         value_serializer="raw", key_serializer="raw", partitions=n)
@@ -311,47 +232,25 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
             STAGE_SECONDS.labels("featurize-engagement").observe(time.perf_counter() - started)
             yield None
 
-    registry = Registry(settings.registry_dir)
-    loaded: dict[str, Any] = {}
-
-    def scorer() -> tuple[LoadedModel, BatchScorer]:
-        if not loaded:
-            model = registry.load(settings.sensor_model)
-            loaded["model"] = model
-            score = BatchScorer(model.module, pick_device(settings.device,
-                                                          settings.torch_threads))
-            score.probabilities(np.zeros((8, len(model.feature_names)), np.float32))  # warm up
-            loaded["scorer"] = score
-            MODEL_VERSION.labels(model.name).set(model.version)
-            log.info("serving %s v%d", model.name, model.version)
-        return loaded["model"], loaded["scorer"]
-
     @app.agent(features, name="infer")
     async def infer(stream: StreamT[bytes]) -> AsyncIterable[None]:
-        scorer()  # load the model at start: a missing or broken one fails loudly, now
+        """Feature batches to predictions, each scored by the served model of its feature
+        set; a promotion swaps that model between two micro-batches (streams.serving)."""
+        serving.start()  # the served models load now: a missing or broken one fails loudly
         max_msgs = max(1, settings.infer_max_rows // 256)
         within = settings.infer_max_wait_ms / 1000
         # take_events is faust-streaming's own addition, missing from the StreamT protocol
         async for events in stream.take_events(max_msgs, within):  # type: ignore[attr-defined]
-            model, score = scorer()
-            tables = []
-            for event in events:
-                try:
-                    t = read_ipc(event.value)
-                except (pa.ArrowInvalid, OSError) as exc:
-                    await dead("infer", Rejected("bad-arrow", str(exc)[:300]), event.message)
-                    continue
-                feature_set = (t.schema.metadata or {}).get(b"feature_set", b"").decode()
-                if feature_set != model.manifest.get("feature_set", SERVED_FEATURE_SET):
-                    UNSCORED.labels(feature_set or "unknown").inc(t.num_rows)
-                    continue
-                tables.append(t.append_column("source_partition", pa.array(
-                    [event.message.partition] * t.num_rows, pa.int32())))
+            routed = route([e.value for e in events], [e.message.partition for e in events],
+                           serving)
+            for i, rejected in routed.rejected:
+                await dead("infer", rejected, events[i].message)
             for attempt in range(SEND_ATTEMPTS):  # a broker away: Faust would ack and lose
                 try:
                     pending: list[asyncio.Future[object]] = []
-                    for t in _chunks(tables, settings.infer_max_rows):
-                        pending += await _infer_batch(t, model, score, outbox, settings)
+                    for served, tables in routed.groups.values():
+                        for t in chunks(tables, settings.infer_max_rows):
+                            pending += await infer_batch(t, served, outbox, settings)
                     await asyncio.gather(*pending)
                     break
                 except KafkaError as exc:
@@ -362,7 +261,6 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox) -> dict[str, Any]:
             yield None
 
     _ = (featurize, featurize_engagement, infer)
-    return loaded
 
 
 async def write_durably(table: Any, values: dict[str, str], partition: int,
@@ -405,60 +303,3 @@ def resume(stored: dict[str, Any], keys: int, offset: int) -> dict[str, Any] | N
         return None
     before = {k: d["prev"] if d["asof"] == offset else d["cur"] for k, d in stored.items()}
     return {k: v for k, v in before.items() if v is not None}
-
-
-def _chunks(tables: list[pa.Table], max_rows: int) -> list[pa.Table]:
-    """Merge small tables and split big ones into pieces of at most `max_rows` rows."""
-    tables = [t for t in tables if t.num_rows]
-    if not tables:
-        return []
-    whole = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 \
-        else tables[0]
-    return [whole.slice(i, max_rows) for i in range(0, whole.num_rows, max_rows)]
-
-
-async def _infer_batch(t: pa.Table, model: LoadedModel, score: BatchScorer, outbox: Outbox,
-                       settings: Settings) -> list[asyncio.Future[object]]:
-    """Score one micro-batch, send its predictions, dead-letter rows it cannot score."""
-    topic = settings.topic("predictions")
-    started = time.perf_counter()
-    names = model.feature_names
-    missing = [n for n in names if n not in t.schema.names]
-    pending: list[asyncio.Future[object]] = []
-    if missing:
-        x = np.full((t.num_rows, len(names)), np.nan, np.float32)
-    else:
-        x = np.column_stack([t.column(n).to_numpy(zero_copy_only=False) for n in names]
-                            ).astype(np.float32)
-    bad = np.isnan(x).any(axis=1)
-    if bad.any():
-        offsets = t.column("source_offset").to_pylist()
-        partitions = t.column("source_partition").to_pylist()
-        detail = ", ".join(missing[:5]) if missing else "a null or NaN model feature"
-        for row in np.nonzero(bad)[0].tolist():
-            pending.append(await outbox.dead_letter(
-                "infer", Rejected("missing-feature", detail), topic=settings.topic("sensor-events"),
-                partition=partitions[row], offset=offsets[row],
-                key=t.column("entity_id")[row].as_py().encode(),
-                raw=t.column("event_id")[row].as_py().encode()))
-        keep = pa.array(~bad)
-        t, x = t.filter(keep), x[~bad]
-    probs = score.probabilities(x)
-    unc = binary_entropy(probs)
-    predict_time = now_ms()
-    if settings.predictions_format == "arrow":
-        out = t.select(["event_id", "entity_id", "event_time", "source_time", "ingest_time"])
-        out = out.append_column("probability", pa.array(probs))
-        out = out.append_column("uncertainty", pa.array(unc))
-        out = out.append_column("model_version", pa.array([model.version] * t.num_rows))
-        out = out.append_column("predict_time", pa.array([predict_time] * t.num_rows))
-        pending.append(await outbox.send(topic, write_ipc(out), headers=ARROW_HEADERS))
-    else:
-        values = predictions_json(t, probs, unc, model, predict_time)
-        pending += await outbox.send_keyed(topic, t.column("entity_id").to_pylist(), values,
-                                           JSON_HEADERS)
-    _observe_latency(t, predict_time)
-    EVENTS.labels("infer").inc(t.num_rows)
-    BATCH_ROWS.labels("infer").observe(t.num_rows)
-    STAGE_SECONDS.labels("infer").observe(time.perf_counter() - started)
-    return pending

@@ -13,10 +13,12 @@ from typing import Any
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from models.registry import Registry
 from streams.agents import wire_agents
 from streams.ingest import Ingest
 from streams.logs import json_logging_config
 from streams.outbox import Outbox
+from streams.serving import ModelUpdates, Serving, describe
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -31,21 +33,22 @@ class HeadwaterApp(faust.App):
     hw: Settings
     outbox: Outbox
     ingest: Ingest
-    serving: dict[str, Any]
+    serving: Serving
+    model_updates: ModelUpdates
 
     def readiness(self) -> dict[str, Any]:
         """What /ready reports: partitions held, model loaded, table state recovered."""
-        model = self.serving.get("model")
         checks = {
             "ingest_partitions": sorted({tp.partition for tp in self.ingest.assigned()}),
             "agent_partitions": sorted(f"{tp.topic}:{tp.partition}"
                                        for tp in self.consumer.assignment()),
-            "model": f"{model.name} v{model.version}" if model is not None else None,
+            "models": describe(self.serving),
             # TableManager has `recovery`; the TableManagerT protocol does not declare it
             "state_recovered": self.tables.recovery.completed.is_set(),  # type: ignore[attr-defined]
         }
-        checks["ready"] = bool(checks["model"] and checks["state_recovered"]
-                               and checks["ingest_partitions"] and checks["agent_partitions"])
+        checks["ready"] = bool(len(checks["models"]) == len(self.hw.served_models())
+                               and checks["state_recovered"] and checks["ingest_partitions"]
+                               and checks["agent_partitions"])
         return checks
 
     def internal_topics(self) -> dict[str, int]:
@@ -64,6 +67,7 @@ class HeadwaterApp(faust.App):
 
     async def on_started(self) -> None:
         await super().on_started()
+        await self.add_runtime_dependency(self.model_updates)
         await self.add_runtime_dependency(self.ingest)
 
     async def on_stop(self) -> None:
@@ -102,7 +106,10 @@ def create_app(settings: Settings) -> HeadwaterApp:
     app.hw = settings
     app.outbox = Outbox(settings)
     app.ingest = Ingest(settings, app.outbox)
-    app.serving = wire_agents(app, settings, app.outbox)
+    app.serving = Serving(Registry(settings.registry_dir), settings.served_models(),
+                          settings.device, settings.torch_threads, settings.precision)
+    app.model_updates = ModelUpdates(settings, app.serving)
+    wire_agents(app, settings, app.outbox, app.serving)
 
     # faust's App.timer returns a bare Callable, which mypy --strict calls untyped
     @app.timer(interval=settings.dead_letter_log_s)  # type: ignore[untyped-decorator]

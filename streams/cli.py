@@ -5,6 +5,7 @@
     headwater train --parquet EVENTS     the same from a Parquet file of either kind of event
     headwater produce shuttle            replay a dataset into sensor-events
     headwater watch                      follow predictions: count, rate, latency
+    headwater registry list|promote|rollback   models; a promotion reaches every worker
     headwater worker -l info             run ingest, featurize and infer
     headwater bench                      the end-to-end benchmark (bench/e2e.py)
     headwater status                     the running worker's /health and /ready
@@ -212,6 +213,52 @@ def register_commands(app: HeadwaterApp) -> None:
         if done.returncode:
             fail(f"bench failed with exit code {done.returncode}")
 
+    @app.command(
+        argument("action", type=click.Choice(["list", "promote", "rollback"])),
+        argument("name", required=False),
+        argument("version", type=int, required=False),
+    )
+    async def registry(self: AppCommand, action: str, name: str | None, version: int | None
+                       ) -> None:
+        """List registry versions; promote one (or roll back) on every running worker."""
+        from aiokafka.errors import KafkaError
+
+        from models.registry import Registry, RegistryError
+        from streams.serving import publish_promotion
+        from streams.topics import ensure_topics
+
+        models = Registry(settings.registry_dir)
+        try:
+            if action == "list":
+                for n in [name] if name else models.names():
+                    for v in models.list(n):
+                        metrics = " ".join(f"{k}={val:.4g}" for k, val in v["metrics"].items()
+                                           if k.startswith("val_"))
+                        print(f"{n} v{v['version']}{' *' if v['promoted'] else '  '} "
+                              f"{v['feature_set']} {v['created_at']} {metrics}")
+                return
+            if not name:
+                fail(f"`headwater registry {action}` needs a model name")
+            if action == "rollback":
+                version = models.previous(name)
+            elif version is None:
+                fail("`headwater registry promote NAME VERSION` needs a version")
+            models.load(name, version)  # a version that does not load is never promoted
+            if action == "rollback":
+                models.rollback(name)
+            else:
+                models.promote(name, version)
+        except RegistryError as exc:
+            fail(str(exc))
+        try:  # the registry first: a worker starting meanwhile loads the new version
+            await ensure_topics(settings, ("model-updates",))
+            await publish_promotion(settings, name, version)
+        except (KafkaError, RuntimeError) as exc:
+            fail(f"the registry now serves {name} v{version}, but running workers were not "
+                 f"told ({exc!r}); run `headwater registry promote {name} {version}` again")
+        print(f"promoted {name} v{version}: running workers swap to it between two "
+              f"micro-batches ({settings.topic('model-updates')})")
+
     @app.command(argument("action", type=click.Choice(["create", "drop"])))
     async def topics(self: AppCommand, action: str) -> None:
         """Create the topics (idempotent), or drop this prefix's and app id's topics."""
@@ -240,7 +287,7 @@ def register_commands(app: HeadwaterApp) -> None:
             print("not ready:", exc.read().decode())
             fail("worker is not ready")
 
-    _ = (kafka, train, produce, watch, bench, status)
+    _ = (kafka, train, produce, watch, bench, registry, topics, status)
 
 
 def main() -> None:

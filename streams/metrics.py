@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = ["BATCH_ROWS", "CONSUMER_LAG", "DEAD_LETTERS", "DUPLICATES", "END_TO_END_SECONDS",
-           "EVENTS", "MODEL_VERSION", "REPLAYED", "STAGE_SECONDS", "STATE_RESETS",
+           "EVENTS", "MODEL_SWAPS", "MODEL_VERSION", "REPLAYED", "STAGE_SECONDS", "STATE_RESETS",
            "UNSCORED"]
 
 EVENTS = Counter("headwater_events_total", "Events processed, by agent", ["agent"])
@@ -20,6 +20,9 @@ END_TO_END_SECONDS = Histogram(
     "headwater_end_to_end_seconds",
     "Source message timestamp to prediction, sampled (up to 64 events per micro-batch)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+MODEL_SWAPS = Counter("headwater_model_swaps_total",
+                      "Model promotions applied (swapped) or refused, by model",
+                      ["model", "outcome"])
 MODEL_VERSION = Gauge("headwater_model_version", "Model version being served", ["model"])
 CONSUMER_LAG = Gauge("headwater_consumer_lag", "Messages behind the end of the partition",
                      ["group", "topic", "partition"])

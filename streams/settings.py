@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     # -- models -------------------------------------------------------------------
     registry_dir: Path = Field(_CACHE / "registry", description="Model registry")
     sensor_model: str = Field("shuttle", description="Registry name of the sensor model")
+    engagement_model: str = Field(
+        "", description="Registry name of the engagement model; empty: engagement unscored")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Inference precision on CUDA (CPU always runs fp32)")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     torch_threads: int = Field(1, ge=1, description="PyTorch CPU threads in the worker")
 
@@ -123,6 +127,14 @@ class Settings(BaseSettings):
                                for h in self.engagement_half_lives.split(",")),
             prior_alpha=self.engagement_prior[0], prior_beta=self.engagement_prior[1],
             positive_rating=self.positive_rating)
+
+    def served_models(self) -> list[str]:
+        """Registry names of the models the worker serves.
+
+        >>> Settings(engagement_model="movielens").served_models()
+        ['shuttle', 'movielens']
+        """
+        return [n for n in (self.sensor_model, self.engagement_model) if n]
 
     def topic(self, name: str) -> str:
         """The full name of topic `name`, with the prefix."""

@@ -16,7 +16,8 @@ from models.datasets import shuttle
 from models.features import SensorConfig, sensor_features
 from models.inference import BatchScorer
 from models.registry import Registry
-from streams.agents import _chunks, _infer_batch
+from streams.infer import chunks, infer_batch
+from streams.serving import Served
 from streams.settings import Settings
 from tests.fakes import RecordingOutbox
 
@@ -42,8 +43,8 @@ def test_predictions_keep_input_order_and_bad_rows_go_to_dead_letters(
     s = Settings(topic_prefix="x-")
 
     async def run() -> None:
-        await _infer_batch(t, model, BatchScorer(model.module, torch.device("cpu")),
-                           outbox, s)  # type: ignore[arg-type]
+        await infer_batch(t, Served(model, BatchScorer(model.module, torch.device("cpu"))),
+                          outbox, s)
 
     asyncio.run(run())
     ids = [orjson.loads(v)["event_id"] for _, v, _ in outbox.sent]
@@ -56,7 +57,7 @@ def test_predictions_keep_input_order_and_bad_rows_go_to_dead_letters(
 
 def test_micro_batches_merge_small_and_split_large() -> None:
     t = feature_table(10)
-    pieces = _chunks([t.slice(0, 3), t.slice(3, 0), t.slice(3, 7)], max_rows=4)
+    pieces = chunks([t.slice(0, 3), t.slice(3, 0), t.slice(3, 7)], max_rows=4)
     assert [p.num_rows for p in pieces] == [4, 4, 2]
     assert pa.concat_tables(pieces).column("event_id").to_pylist() == \
         t.column("event_id").to_pylist()
@@ -70,8 +71,7 @@ def test_micro_batches_merge_small_and_split_large() -> None:
 def test_column_wise_prediction_json_equals_orjson(
         rows: list[tuple[str, str, float, float, int, int | None, int]]) -> None:
     """The Arrow-built documents parse to exactly what a dict through orjson would give."""
-    from models.registry import LoadedModel
-    from streams.agents import predictions_json
+    from schemas.predictions import predictions_json
 
     cols = list(zip(*rows, strict=True))
     t = pa.table({"event_id": pa.array(cols[0], pa.string()),
@@ -79,9 +79,10 @@ def test_column_wise_prediction_json_equals_orjson(
                   "event_time": pa.array(cols[4], pa.int64()),
                   "source_time": pa.array(cols[5], pa.int64()),
                   "ingest_time": pa.array(cols[6], pa.int64())})
-    model = LoadedModel('m"x', 3, None, {})  # type: ignore[arg-type]
-    docs = predictions_json(t, np.array(cols[2]), np.array(cols[3]), model, 42)
-    want = [{"event_id": e, "entity_id": k, "probability": p, "uncertainty": u,
+    docs = predictions_json(t, np.array(cols[2]), np.array(cols[3]), np.array(cols[3]) / 4,
+                            ('m"x', 3), 42)
+    want = [{"event_id": e, "entity_id": k, "item_id": None, "probability": p,
+             "uncertainty": u, "variance": u / 4,
              "model_name": 'm"x', "model_version": 3, "head_version": None, "event_time": et,
              "source_time": st_, "ingest_time": it, "predict_time": 42}
             for e, k, p, u, et, st_, it in rows]

@@ -179,7 +179,7 @@ def test_events_become_predictions_and_bad_input_dead_letters(settings: Settings
     ready = orjson.loads(urllib.request.urlopen(
         f"http://127.0.0.1:{s.web_port}/ready", timeout=10).read())
     assert health["status"] == "ok"
-    assert ready["ready"] is True and ready["model"] == "shuttle v1"
+    assert ready["ready"] is True and ready["models"] == {"sensor.v2": "shuttle v1"}
     assert sorted(ready["ingest_partitions"]) == list(range(s.partitions))
     status = subprocess.run([sys.executable, "-m", "streams.cli", "status"], cwd=ROOT,
                             env=settings_env(s), capture_output=True, text=True, timeout=120,

@@ -11,22 +11,23 @@ import pyarrow as pa
 import pytest
 from jsonschema import Draft202012Validator
 
-from models.registry import LoadedModel
 from schemas.codec import Rejected
 from schemas.events import (
     CurationSample,
     DeadLetter,
     EngagementEvent,
     Label,
+    ModelUpdate,
     Prediction,
     SensorEvent,
     json_schema,
 )
-from streams.agents import predictions_json
+from schemas.predictions import predictions_json
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = sorted((ROOT / "schemas" / "json").glob("*.json"))
-TYPES = [SensorEvent, EngagementEvent, Label, Prediction, CurationSample, DeadLetter]
+TYPES = [SensorEvent, EngagementEvent, Label, Prediction, CurationSample, DeadLetter,
+         ModelUpdate]
 
 
 def validator(sid: str) -> Draft202012Validator:
@@ -65,8 +66,8 @@ def test_readme_json_examples_validate() -> None:
 def test_predictions_the_agent_writes_validate() -> None:
     t = pa.table({"event_id": ["e1", "e2"], "entity_id": ["s", "s"], "event_time": [1, 2],
                   "source_time": [None, 5], "ingest_time": [6, 7]})
-    model = LoadedModel("shuttle", 2, None, {})  # type: ignore[arg-type]
-    for doc in predictions_json(t, np.array([0.1, 1.0]), np.array([0.47, 0.0]), model, 9):
+    for doc in predictions_json(t, np.array([0.1, 1.0]), np.array([0.47, 0.0]),
+                                np.array([0.01, 0.0]), ("shuttle", 2), 9):
         validator("prediction.v1").validate(json.loads(doc))
 
 

@@ -1,0 +1,159 @@
+"""The infer step: route feature batches to the model of their feature set, score them in
+micro-batches, and write one prediction per event (DESIGN.md §6).
+
+The agent loop itself lives in `streams.agents`; everything here is a plain function of
+tables, so it is tested without a broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from models.inference import collate
+from schemas.codec import Rejected, read_ipc, write_ipc
+from schemas.events import ARROW, JSON, headers
+from schemas.predictions import predictions_json
+from streams.metrics import BATCH_ROWS, END_TO_END_SECONDS, EVENTS, STAGE_SECONDS, UNSCORED
+from streams.outbox import now_ms
+from streams.serving import Served, Serving, family
+from streams.settings import Settings
+
+__all__ = ["Routed", "chunks", "infer_batch", "route"]
+
+log = logging.getLogger(__name__)
+
+JSON_HEADERS = headers(JSON, "prediction.v1")
+ARROW_HEADERS = headers(ARROW, "prediction.v1")
+
+
+class Sender(Protocol):
+    """What infer needs of streams.outbox.Outbox."""
+
+    async def send(self, topic: str, value: bytes, *, key: bytes | None = None,
+                   partition: int | None = None, headers: Any = None) -> Any: ...
+
+    async def send_keyed(self, topic: str, keys: Any, values: Any, headers: Any) -> Any: ...
+
+    async def dead_letter(self, agent: str, rejected: Rejected, *, topic: str, partition: int,
+                          offset: int, key: bytes | None, raw: bytes | None) -> Any: ...
+
+
+@dataclass
+class Routed:
+    """One micro-batch's feature tables grouped by the model that scores them."""
+
+    groups: dict[str, tuple[Served, list[pa.Table]]] = field(default_factory=dict)
+    rejected: list[tuple[int, Rejected]] = field(default_factory=list)  # (message index, why)
+
+
+_warned: set[str] = set()
+
+
+def route(values: list[bytes], partitions: list[int], serving: Serving) -> Routed:
+    """Decode feature messages and group them by served model, in message order.
+
+    A message that is not Arrow, or whose feature set has the family of a served model
+    but another version, is rejected whole (the caller dead-letters it). A feature set
+    no served model scores is counted in `headwater_unscored_rows_total`.
+    Each model is taken once here: a swap lands between micro-batches, never inside one.
+    """
+    out = Routed()
+    for i, (value, partition) in enumerate(zip(values, partitions, strict=True)):
+        try:
+            t = read_ipc(value)
+        except (pa.ArrowInvalid, OSError) as exc:
+            out.rejected.append((i, Rejected("bad-arrow", str(exc)[:300])))
+            continue
+        fs = (t.schema.metadata or {}).get(b"feature_set", b"").decode()
+        fam = family(fs)
+        if fam in out.groups:
+            served = out.groups[fam][0]
+        elif (got := serving.get(fam)) is not None:
+            served = got
+        else:
+            UNSCORED.labels(fs or "unknown").inc(t.num_rows)
+            if fs not in _warned:
+                _warned.add(fs)
+                log.warning("infer: no served model scores feature set %r; its rows are "
+                            "counted in headwater_unscored_rows_total", fs)
+            continue
+        if served.feature_set != fs:
+            out.rejected.append((i, Rejected(
+                "feature-set-mismatch", f"{t.num_rows} rows of {fs or 'no feature set'}; "
+                f"{served.model.name} v{served.model.version} takes {served.feature_set}")))
+            continue
+        t = t.append_column("source_partition", pa.array([partition] * t.num_rows, pa.int32()))
+        out.groups.setdefault(fam, (served, []))[1].append(t)
+    return out
+
+
+def chunks(tables: list[pa.Table], max_rows: int) -> list[pa.Table]:
+    """Merge small tables and split big ones into pieces of at most `max_rows` rows."""
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return []
+    whole = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 \
+        else tables[0]
+    return [whole.slice(i, max_rows) for i in range(0, whole.num_rows, max_rows)]
+
+
+async def infer_batch(t: pa.Table, served: Served, outbox: Sender, settings: Settings
+                      ) -> list[Any]:
+    """Score one micro-batch, send its predictions, dead-letter rows it cannot score."""
+    topic = settings.topic("predictions")
+    started = time.perf_counter()
+    model = served.model
+    pending: list[Any] = []
+    x, bad = collate(t, model.manifest)
+    if bad.any():
+        missing = [n for n in model.feature_names if n not in t.schema.names]
+        detail = ", ".join(missing[:5]) if missing else "a null or NaN model feature"
+        source = settings.topic(f"{family(served.feature_set)}-events")
+        offsets = t.column("source_offset").to_pylist()
+        partitions = t.column("source_partition").to_pylist()
+        for row in np.nonzero(bad)[0].tolist():
+            pending.append(await outbox.dead_letter(
+                "infer", Rejected("missing-feature", detail), topic=source,
+                partition=partitions[row], offset=offsets[row],
+                key=t.column("entity_id")[row].as_py().encode(),
+                raw=t.column("event_id")[row].as_py().encode()))
+        t, x = t.filter(pa.array(~bad)), x[~bad]
+    scores = served.scorer.score(x)
+    predict_time = now_ms()
+    if settings.predictions_format == "arrow":
+        keep = [c for c in ("event_id", "entity_id", "item_id", "event_time", "source_time",
+                            "ingest_time") if c in t.schema.names]
+        out = t.select(keep)
+        for name, col in (("probability", scores.probability),
+                          ("uncertainty", scores.uncertainty), ("variance", scores.variance)):
+            out = out.append_column(name, pa.array(col, pa.float64()))
+        out = out.append_column("model_version", pa.array([model.version] * t.num_rows))
+        out = out.append_column("predict_time", pa.array([predict_time] * t.num_rows))
+        pending.append(await outbox.send(topic, write_ipc(out), headers=ARROW_HEADERS))
+    else:
+        values = predictions_json(t, scores.probability, scores.uncertainty, scores.variance,
+                                  (model.name, model.version), predict_time)
+        pending += await outbox.send_keyed(topic, t.column("entity_id").to_pylist(), values,
+                                           JSON_HEADERS)
+    _observe_latency(t, predict_time)
+    EVENTS.labels("infer").inc(t.num_rows)
+    BATCH_ROWS.labels("infer").observe(t.num_rows)
+    STAGE_SECONDS.labels("infer").observe(time.perf_counter() - started)
+    return pending
+
+
+def _observe_latency(t: pa.Table, predict_time: int, most: int = 64) -> None:
+    """Feed the end-to-end histogram an even sample of the batch (observe is per value)."""
+    sources = t.column("source_time").to_numpy(zero_copy_only=False)
+    if not len(sources):
+        return
+    step = max(1, len(sources) // most)
+    for s in sources[::step]:
+        if s is not None and s == s:  # null source times arrive as None or NaN
+            END_TO_END_SECONDS.observe(max(0.0, (predict_time - int(s)) / 1000))
