@@ -24,6 +24,7 @@ from models.registry import LoadedModel, Registry
 from models.training import ENGAGEMENT_MODEL, engagement_training_set, event_kind, roc_auc
 from models.training import train_engagement_model as train
 from tests.data import shared
+from tests.test_models import assert_batch_invariant
 
 CPU = torch.device("cpu")
 CONFIG = EngagementConfig()
@@ -100,15 +101,8 @@ def test_saved_engagement_model_loads_and_predicts_the_same(
 
 def test_batch_size_never_changes_engagement_results(events: pa.Table,
                                                      model: LoadedModel) -> None:
-    scorer = BatchScorer(model.module, CPU)
     x, _ = inputs(events.slice(0, 4096), model)
-    whole = scorer.score(x)  # one batch of 4096
-    for size, rows in ((1, 1024), (7, 4096)):  # one row at a time is slow: 1024 of them
-        parts = [scorer.score(x[i:min(i + size, rows)]) for i in range(0, rows, size)]
-        for field in ("probability", "uncertainty", "variance"):
-            got = np.concatenate([getattr(p, field) for p in parts])
-            np.testing.assert_allclose(got, getattr(whole, field)[:rows], atol=1e-5,
-                                       err_msg=f"{field} at batch size {size}")
+    assert_batch_invariant(BatchScorer(model.module, CPU), x)
 
 
 def test_a_row_collate_marks_bad_scores_nan_not_a_number_that_looks_right(
