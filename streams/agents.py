@@ -25,6 +25,7 @@ from schemas.codec import METADATA as SENSOR_META
 from schemas.codec import Rejected, sensor_batch, write_ipc
 from schemas.engagement_codec import engagement_batch
 from schemas.events import ARROW, headers
+from streams.gaps import Gaps
 from streams.infer import chunks, infer_batch, route
 from streams.metrics import (
     BATCH_ROWS,
@@ -47,15 +48,16 @@ OFFSET_MARK = "source-offset"
 SEND_ATTEMPTS = 8  # about two minutes of backing off before infer gives up
 
 
-def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving) -> None:
+def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving) -> Gaps:
     """Declare the topics, the state tables and the agents on `app`; infer scores with
-    the models of `serving`."""
+    the models of `serving`. Returns the agents' gap repair, for the app to stop."""
     n = settings.partitions
     batches = app.topic(settings.topic("sensor-batches"), value_type=bytes,
                         value_serializer="raw", key_serializer="raw", partitions=n)
     features = app.topic(settings.topic("features"), value_type=bytes,
                          value_serializer="raw", key_serializer="raw", partitions=n)
     state = app.Table("sensor-state", default=None, partitions=n, key_type=str, value_type=str)
+    gaps = Gaps(settings, settings.app_id)
     config = settings.sensor_features()
     features_topic = settings.topic("features")
 
@@ -85,59 +87,63 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving) 
         features equal those of an uninterrupted run.
         """
         async for event in stream.events():
-            msg = event.message
-            started = time.perf_counter()
-            opened = await open_batch(
-                "featurize", sensor_batch(event.value, msg.offset, msg.timestamp, now_ms()), msg)
-            if opened is None:
-                continue
-            batch, pending = opened
-            keys = pc.unique(batch.column("sensor_id")).to_pylist()
-            stored = {}
-            for k in keys:
-                if (v := state.get(k)) is None:
-                    continue
-                if (loaded := load_state(v, config.state_format)) is None:
-                    # written by other feature code or settings: start this sensor afresh
-                    STATE_RESETS.labels("featurize").inc()
-                    log.warning("featurize: state of sensor %r is not %s; starting it "
-                                "afresh", k, config.state_format)
-                    continue
-                stored[k] = loaded
-            done = [k for k, s in stored.items() if s.get("asof", -1) >= msg.offset]
-            if done:
-                skip = pc.is_in(batch.column("sensor_id"), value_set=pa.array(done))
-                REPLAYED.labels("featurize").inc(pc.sum(skip).as_py())
-                batch = batch.filter(pc.invert(skip))
-                stored = {k: v for k, v in stored.items() if k not in done}
-            try:
-                out, after, skipped = sensor_features(batch, stored, config)
-            except Exception as exc:  # a bug must not lose the batch: Faust would ack it
-                log.exception("featurize: batch at %s:%d failed", msg.topic, msg.offset)
-                await dead("featurize", Rejected("featurize-error", repr(exc)[:300]), msg)
-                continue
-            rows = batch.select([c for c in batch.schema.names if c not in SENSOR_META])
-            for sk in skipped:
-                if sk.reason == "duplicate":
-                    DUPLICATES.labels("featurize").inc()
-                    continue
-                pending.append(await outbox.dead_letter(
-                    "featurize", Rejected(sk.reason, sk.detail, sk.row), topic=msg.topic,
-                    partition=msg.partition, offset=msg.offset,
-                    key=batch.column("sensor_id")[sk.row].as_py().encode(),
-                    raw=orjson.dumps(rows.slice(sk.row, 1).to_pylist()[0])))
-            if out.num_rows:
-                pending.append(await outbox.send(features_topic, write_ipc(out),
-                                                 partition=msg.partition,
-                                                 headers=FEATURE_HEADERS))
-            await asyncio.gather(*pending)  # delivered before the state moves past them
-            await write_durably(state, {
-                k: dump_state(s, asof=msg.offset, format=config.state_format).decode()
-                for k, s in after.items()}, msg.partition, outbox)
-            EVENTS.labels("featurize").inc(out.num_rows)
-            BATCH_ROWS.labels("featurize").observe(out.num_rows)
-            STAGE_SECONDS.labels("featurize").observe(time.perf_counter() - started)
+            for msg in await gaps.fill(event.message):
+                await featurize_message(msg)
             yield None
+
+    async def featurize_message(msg: Any) -> None:
+        """One sensor batch message (see featurize)."""
+        started = time.perf_counter()
+        opened = await open_batch(
+            "featurize", sensor_batch(msg.value, msg.offset, msg.timestamp, now_ms()), msg)
+        if opened is None:
+            return
+        batch, pending = opened
+        keys = pc.unique(batch.column("sensor_id")).to_pylist()
+        stored = {}
+        for k in keys:
+            if (v := state.get(k)) is None:
+                continue
+            if (loaded := load_state(v, config.state_format)) is None:
+                # written by other feature code or settings: start this sensor afresh
+                STATE_RESETS.labels("featurize").inc()
+                log.warning("featurize: state of sensor %r is not %s; starting it "
+                            "afresh", k, config.state_format)
+                continue
+            stored[k] = loaded
+        done = [k for k, s in stored.items() if s.get("asof", -1) >= msg.offset]
+        if done:
+            skip = pc.is_in(batch.column("sensor_id"), value_set=pa.array(done))
+            REPLAYED.labels("featurize").inc(pc.sum(skip).as_py())
+            batch = batch.filter(pc.invert(skip))
+            stored = {k: v for k, v in stored.items() if k not in done}
+        try:
+            out, after, skipped = sensor_features(batch, stored, config)
+        except Exception as exc:  # a bug must not lose the batch: Faust would ack it
+            log.exception("featurize: batch at %s:%d failed", msg.topic, msg.offset)
+            await dead("featurize", Rejected("featurize-error", repr(exc)[:300]), msg)
+            return
+        rows = batch.select([c for c in batch.schema.names if c not in SENSOR_META])
+        for sk in skipped:
+            if sk.reason == "duplicate":
+                DUPLICATES.labels("featurize").inc()
+                continue
+            pending.append(await outbox.dead_letter(
+                "featurize", Rejected(sk.reason, sk.detail, sk.row), topic=msg.topic,
+                partition=msg.partition, offset=msg.offset,
+                key=batch.column("sensor_id")[sk.row].as_py().encode(),
+                raw=orjson.dumps(rows.slice(sk.row, 1).to_pylist()[0])))
+        if out.num_rows:
+            pending.append(await outbox.send(features_topic, write_ipc(out),
+                                             partition=msg.partition,
+                                             headers=FEATURE_HEADERS))
+        await asyncio.gather(*pending)  # delivered before the state moves past them
+        await write_durably(state, {
+            k: dump_state(s, asof=msg.offset, format=config.state_format).decode()
+            for k, s in after.items()}, msg.partition, outbox)
+        EVENTS.labels("featurize").inc(out.num_rows)
+        BATCH_ROWS.labels("featurize").observe(out.num_rows)
+        STAGE_SECONDS.labels("featurize").observe(time.perf_counter() - started)
 
     engagement_batches = app.topic(settings.topic("engagement-batches"), value_type=bytes,
                                    value_serializer="raw", key_serializer="raw", partitions=n)
@@ -160,77 +166,80 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving) 
         it, and is recomputed from `prev` where its writes were cut short.
         """
         async for event in stream.events():
-            msg = event.message
-            started = time.perf_counter()
-            opened = await open_batch("featurize-engagement", engagement_batch(
-                event.value, msg.offset, msg.timestamp, now_ms()), msg)
-            if opened is None:
-                continue
-            batch, pending = opened
-            ahead = pc.subtract(batch.column("event_time"), batch.column("ingest_time"))
-            future = pc.fill_null(pc.greater(ahead, max_future_ms), False)
-            for row in pc.indices_nonzero(future).to_pylist():
-                pending.append(await outbox.dead_letter(
-                    "featurize-engagement", Rejected(
-                        "future", f"event time is {ahead[row].as_py()} ms after ingest, "
-                        f"allowed {max_future_ms}", row),
-                    topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                    key=batch.column("user_id")[row].as_py().encode(),
-                    raw=orjson.dumps(batch.slice(row, 1).to_pylist()[0])))
-            batch = batch.filter(pc.invert(future))
-            mark = OFFSET_MARK  # the last source offset applied
-            keys = [*engagement_state_keys(batch), mark]
-            # items meet in every partition: state per partition; keys kept printable
-            # (the user x category separator is a control character)
-            scope = f"{msg.partition}/"
-            names = {k: scope + k.encode("unicode_escape").decode() for k in keys}
-            stored = {}
-            for k in keys:
-                if (v := engagement_state.get(names[k])) is None:
-                    continue
-                if (d := orjson.loads(v)).get("format") != engagement_format:
-                    STATE_RESETS.labels("featurize-engagement").inc()  # other code wrote it
-                    continue
-                stored[k] = d
-            before = resume(stored, len(keys), msg.offset)
-            if before is None:
-                REPLAYED.labels("featurize-engagement").inc(batch.num_rows)
-                log.info("featurize-engagement: batch at %s:%d was applied before a restart; "
-                         "skipped", msg.topic, msg.offset)
-                yield None
-                continue
-            applied = before.pop(mark, None)
-            if applied is not None:  # events ingest sent again after a crash
-                again = pc.less_equal(batch.column("source_offset"), applied)
-                if (n_again := pc.sum(again).as_py() or 0):
-                    DUPLICATES.labels("featurize-engagement").inc(n_again)
-                    log.info("featurize-engagement: %d events of the batch at %s:%d were "
-                             "applied before a restart; skipped", n_again, msg.topic, msg.offset)
-                batch = batch.filter(pc.invert(again))
-            try:
-                out, after = engagement_features(batch, before, engagement_config)
-            except Exception as exc:  # a bug must not lose the batch: Faust would ack it
-                log.exception("featurize-engagement: batch at %s:%d failed", msg.topic,
-                              msg.offset)
-                await dead("featurize-engagement",
-                           Rejected("featurize-error", repr(exc)[:300]), msg)
-                continue
-            if out.num_rows:
-                pending.append(await outbox.send(features_topic, write_ipc(out),
-                                                 partition=msg.partition,
-                                                 headers=FEATURE_HEADERS))
-            await asyncio.gather(*pending)  # delivered before the state moves past them
-            if batch.num_rows:
-                after[mark] = pc.max(batch.column("source_offset")).as_py()
-                before[mark] = applied
-            await write_durably(engagement_state, {
-                names[k]: orjson.dumps({"asof": msg.offset, "prev": before.get(k), "cur": cur,
-                                        "format": engagement_format}).decode()
-                for k, cur in after.items()}, msg.partition, outbox)
-            EVENTS.labels("featurize-engagement").inc(out.num_rows)
-            BATCH_ROWS.labels("featurize-engagement").observe(out.num_rows)
-            STAGE_SECONDS.labels("featurize-engagement").observe(time.perf_counter() - started)
+            for msg in await gaps.fill(event.message):
+                await featurize_engagement_message(msg)
             yield None
+
+    async def featurize_engagement_message(msg: Any) -> None:
+        """One engagement batch message (see featurize_engagement)."""
+        started = time.perf_counter()
+        opened = await open_batch("featurize-engagement", engagement_batch(
+            msg.value, msg.offset, msg.timestamp, now_ms()), msg)
+        if opened is None:
+            return
+        batch, pending = opened
+        ahead = pc.subtract(batch.column("event_time"), batch.column("ingest_time"))
+        future = pc.fill_null(pc.greater(ahead, max_future_ms), False)
+        for row in pc.indices_nonzero(future).to_pylist():
+            pending.append(await outbox.dead_letter(
+                "featurize-engagement", Rejected(
+                    "future", f"event time is {ahead[row].as_py()} ms after ingest, "
+                    f"allowed {max_future_ms}", row),
+                topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                key=batch.column("user_id")[row].as_py().encode(),
+                raw=orjson.dumps(batch.slice(row, 1).to_pylist()[0])))
+        batch = batch.filter(pc.invert(future))
+        mark = OFFSET_MARK  # the last source offset applied
+        keys = [*engagement_state_keys(batch), mark]
+        # items meet in every partition: state per partition; keys kept printable
+        # (the user x category separator is a control character)
+        scope = f"{msg.partition}/"
+        names = {k: scope + k.encode("unicode_escape").decode() for k in keys}
+        stored = {}
+        for k in keys:
+            if (v := engagement_state.get(names[k])) is None:
+                continue
+            if (d := orjson.loads(v)).get("format") != engagement_format:
+                STATE_RESETS.labels("featurize-engagement").inc()  # other code wrote it
+                continue
+            stored[k] = d
+        before = resume(stored, len(keys), msg.offset)
+        if before is None:
+            REPLAYED.labels("featurize-engagement").inc(batch.num_rows)
+            log.info("featurize-engagement: batch at %s:%d:%d was applied before a "
+                     "restart; skipped", msg.topic, msg.partition, msg.offset)
+            return
+        applied = before.pop(mark, None)
+        if applied is not None:  # events ingest sent again after a crash
+            again = pc.less_equal(batch.column("source_offset"), applied)
+            if (n_again := pc.sum(again).as_py() or 0):
+                DUPLICATES.labels("featurize-engagement").inc(n_again)
+                log.info("featurize-engagement: %d events of the batch at %s:%d were "
+                         "applied before a restart; skipped", n_again, msg.topic, msg.offset)
+            batch = batch.filter(pc.invert(again))
+        try:
+            out, after = engagement_features(batch, before, engagement_config)
+        except Exception as exc:  # a bug must not lose the batch: Faust would ack it
+            log.exception("featurize-engagement: batch at %s:%d failed", msg.topic,
+                          msg.offset)
+            await dead("featurize-engagement",
+                       Rejected("featurize-error", repr(exc)[:300]), msg)
+            return
+        if out.num_rows:
+            pending.append(await outbox.send(features_topic, write_ipc(out),
+                                             partition=msg.partition,
+                                             headers=FEATURE_HEADERS))
+        await asyncio.gather(*pending)  # delivered before the state moves past them
+        if batch.num_rows:
+            after[mark] = pc.max(batch.column("source_offset")).as_py()
+            before[mark] = applied
+        await write_durably(engagement_state, {
+            names[k]: orjson.dumps({"asof": msg.offset, "prev": before.get(k), "cur": cur,
+                                    "format": engagement_format}).decode()
+            for k, cur in after.items()}, msg.partition, outbox)
+        EVENTS.labels("featurize-engagement").inc(out.num_rows)
+        BATCH_ROWS.labels("featurize-engagement").observe(out.num_rows)
+        STAGE_SECONDS.labels("featurize-engagement").observe(time.perf_counter() - started)
 
     @app.agent(features, name="infer")
     async def infer(stream: StreamT[bytes]) -> AsyncIterable[None]:
@@ -241,10 +250,11 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving) 
         within = settings.infer_max_wait_ms / 1000
         # take_events is faust-streaming's own addition, missing from the StreamT protocol
         async for events in stream.take_events(max_msgs, within):  # type: ignore[attr-defined]
-            routed = route([e.value for e in events], [e.message.partition for e in events],
+            messages = [m for e in events for m in await gaps.fill(e.message)]
+            routed = route([m.value for m in messages], [m.partition for m in messages],
                            serving)
             for i, rejected in routed.rejected:
-                await dead("infer", rejected, events[i].message)
+                await dead("infer", rejected, messages[i])
             for attempt in range(SEND_ATTEMPTS):  # a broker away: Faust would ack and lose
                 try:
                     pending: list[asyncio.Future[object]] = []
@@ -261,6 +271,7 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving) 
             yield None
 
     _ = (featurize, featurize_engagement, infer)
+    return gaps
 
 
 async def write_durably(table: Any, values: dict[str, str], partition: int,

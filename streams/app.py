@@ -15,16 +15,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.registry import Registry
 from streams.agents import wire_agents
+from streams.gaps import Gaps
 from streams.ingest import Ingest
 from streams.logs import json_logging_config
 from streams.outbox import Outbox
 from streams.serving import ModelUpdates, Serving, describe
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.topics import commit_unstarted, ensure_topics
 
 __all__ = ["HeadwaterApp", "create_app"]
 
 log = logging.getLogger(__name__)
+
+#: the topics the agents read (ingest's own consumer group commits for its inputs)
+AGENT_INPUTS = ("sensor-batches", "engagement-batches", "features")
 
 
 class HeadwaterApp(faust.App):
@@ -35,6 +39,7 @@ class HeadwaterApp(faust.App):
     ingest: Ingest
     serving: Serving
     model_updates: ModelUpdates
+    gaps: Gaps
 
     def readiness(self) -> dict[str, Any]:
         """What /ready reports: partitions held, model loaded, table state recovered."""
@@ -62,6 +67,7 @@ class HeadwaterApp(faust.App):
     async def on_first_start(self) -> None:
         self.hw.data_dir.mkdir(parents=True, exist_ok=True)
         await ensure_topics(self.hw, internal=self.internal_topics())
+        await commit_unstarted(self.hw, self.conf.id, AGENT_INPUTS)
         await self.outbox.start()
         await super().on_first_start()
 
@@ -72,6 +78,7 @@ class HeadwaterApp(faust.App):
 
     async def on_stop(self) -> None:
         await super().on_stop()
+        await self.gaps.stop()
         await self.outbox.stop()
 
 
@@ -109,7 +116,7 @@ def create_app(settings: Settings) -> HeadwaterApp:
     app.serving = Serving(Registry(settings.registry_dir), settings.served_models(),
                           settings.device, settings.torch_threads, settings.precision)
     app.model_updates = ModelUpdates(settings, app.serving)
-    wire_agents(app, settings, app.outbox, app.serving)
+    app.gaps = wire_agents(app, settings, app.outbox, app.serving)
 
     # faust's App.timer returns a bare Callable, which mypy --strict calls untyped
     @app.timer(interval=settings.dead_letter_log_s)  # type: ignore[untyped-decorator]

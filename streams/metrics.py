@@ -5,8 +5,8 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = ["BATCH_ROWS", "CONSUMER_LAG", "DEAD_LETTERS", "DUPLICATES", "END_TO_END_SECONDS",
-           "EVENTS", "MODEL_SWAPS", "MODEL_VERSION", "REPLAYED", "STAGE_SECONDS", "STATE_RESETS",
-           "UNSCORED"]
+           "EVENTS", "MODEL_SWAPS", "MODEL_VERSION", "OFFSET_GAPS", "REPLAYED", "STAGE_SECONDS",
+           "STATE_RESETS", "UNSCORED"]
 
 EVENTS = Counter("headwater_events_total", "Events processed, by agent", ["agent"])
 DEAD_LETTERS = Counter("headwater_dead_letters_total", "Messages sent to dead-letters",
@@ -23,6 +23,8 @@ END_TO_END_SECONDS = Histogram(
 MODEL_SWAPS = Counter("headwater_model_swaps_total",
                       "Model promotions applied (swapped) or refused, by model",
                       ["model", "outcome"])
+OFFSET_GAPS = Counter("headwater_offset_gaps_total",
+                      "Input messages Faust skipped, read back from the broker", ["topic"])
 MODEL_VERSION = Gauge("headwater_model_version", "Model version being served", ["model"])
 CONSUMER_LAG = Gauge("headwater_consumer_lag", "Messages behind the end of the partition",
                      ["group", "topic", "partition"])

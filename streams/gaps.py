@@ -1,0 +1,101 @@
+"""Messages Faust skipped on an agent's input, noticed by their offsets and read back.
+
+Faust (0.15.3) can drop records it has fetched when its flow stops during recovery or a
+rebalance, go on fetching after them, and then count the hole as a compacted-topic gap
+and commit past it (faust-streaming issues #216, #221 and #606). Our agent inputs are
+written without transactions or compaction, so their offsets have no holes: a message
+whose offset is past the one expected means Faust lost the ones between. `Gaps.fill`
+reads them back from the broker, in order, for the agent to process before the message
+it was given; the agents' replay checks make a message seen twice harmless, and each
+repaired message is counted in `headwater_offset_gaps_total` and logged.
+
+The first message of a partition in a worker's life is checked against the group's
+committed offset: it is where Faust seeks to, so a message past it was preceded by a
+drop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.metrics import OFFSET_GAPS
+from streams.settings import Settings
+
+__all__ = ["Gaps", "Record"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Record:
+    """A message read back, with the attributes the agents use of a Faust message."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float | None  # seconds, as Faust's Message has it
+    key: bytes | None
+    value: bytes | None
+
+
+class Gaps:
+    """Per input partition, the next offset an agent expects, and the messages it missed."""
+
+    def __init__(self, settings: Settings, group: str) -> None:
+        self.settings = settings
+        self.group = group
+        self.expected: dict[tuple[str, int], int] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def fill(self, message: Any) -> list[Any]:
+        """The messages to process for `message`, in order: any skipped before it, then it."""
+        key = (message.topic, message.partition)
+        expected = self.expected.get(key)
+        if expected is None:
+            expected = await self._committed(message.topic, message.partition)
+        self.expected[key] = message.offset + 1
+        if expected is None or message.offset <= expected:
+            return [message]  # in order, or a replay after a seek back
+        missed = await self._read(message.topic, message.partition, expected, message.offset)
+        OFFSET_GAPS.labels(message.topic).inc(len(missed))
+        log.warning("%s:%d: offsets %d..%d never reached the agent; read %d back from the "
+                    "broker", message.topic, message.partition, expected, message.offset - 1,
+                    len(missed))
+        return [*missed, message]
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def _client(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            # never subscribes: it reads the group's commits and assigned ranges only
+            self._consumer = AIOKafkaConsumer(
+                **self.settings.kafka_options(), group_id=self.group,
+                enable_auto_commit=False, max_partition_fetch_bytes=16 * 1024 * 1024)
+            await self._consumer.start()
+        return self._consumer
+
+    async def _committed(self, topic: str, partition: int) -> int | None:
+        offset: int | None = await (await self._client()).committed(
+            TopicPartition(topic, partition))
+        return offset
+
+    async def _read(self, topic: str, partition: int, start: int, stop: int) -> list[Record]:
+        """The messages at offsets start..stop-1 of one partition."""
+        consumer = await self._client()
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        out: list[Record] = []
+        while await consumer.position(tp) < stop:
+            for r in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                if r.offset < stop:
+                    out.append(Record(topic, partition, r.offset, r.timestamp / 1000, r.key,
+                                      r.value))
+        return out

@@ -1,0 +1,51 @@
+"""Offsets an agent never saw are noticed and read back, in order, before the next one."""
+
+from __future__ import annotations
+
+import asyncio
+
+from streams.gaps import Gaps, Record
+from streams.settings import Settings
+
+
+class FakeGaps(Gaps):
+    """Gaps over an in-memory partition: `committed` and the log are given."""
+
+    def __init__(self, committed: int | None, log: list[bytes]) -> None:
+        super().__init__(Settings(), "g")
+        self.commit, self.log, self.reads = committed, log, []
+
+    async def _committed(self, topic: str, partition: int) -> int | None:
+        return self.commit
+
+    async def _read(self, topic: str, partition: int, start: int, stop: int) -> list[Record]:
+        self.reads.append((start, stop))
+        return [Record(topic, partition, o, 0.0, None, self.log[o]) for o in range(start, stop)]
+
+
+def offsets(gaps: Gaps, seen: list[int]) -> list[int]:
+    async def run() -> list[int]:
+        out: list[int] = []
+        for o in seen:
+            out += [m.offset for m in await gaps.fill(Record("t", 0, o, 0.0, None, b""))]
+        return out
+
+    return asyncio.run(run())
+
+
+def test_in_order_messages_pass_and_a_hole_is_read_back_first() -> None:
+    g = FakeGaps(committed=3, log=[b"m%d" % i for i in range(12)])
+    assert offsets(g, [3, 4, 7, 8, 11]) == [3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert g.reads == [(5, 7), (9, 11)]
+
+
+def test_the_first_message_is_checked_against_the_committed_offset() -> None:
+    g = FakeGaps(committed=2, log=[b""] * 6)
+    assert offsets(g, [4, 5]) == [2, 3, 4, 5]
+    assert offsets(FakeGaps(committed=None, log=[]), [4, 5]) == [4, 5]  # nothing committed
+
+
+def test_a_seek_back_is_a_replay_not_a_gap() -> None:
+    g = FakeGaps(committed=0, log=[b""] * 6)
+    assert offsets(g, [0, 1, 2, 1, 2, 3]) == [0, 1, 2, 1, 2, 3]
+    assert g.reads == []
