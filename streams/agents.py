@@ -48,7 +48,8 @@ OFFSET_MARK = "source-offset"
 SEND_ATTEMPTS = 8  # about two minutes of backing off before infer gives up
 
 
-def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving) -> Gaps:
+def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving
+                ) -> list[Gaps]:
     """Declare the topics, the state tables and the agents on `app`; infer scores with
     the models of `serving`. Returns the agents' gap repair, for the app to stop."""
     n = settings.partitions
@@ -57,7 +58,8 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving) 
     features = app.topic(settings.topic("features"), value_type=bytes,
                          value_serializer="raw", key_serializer="raw", partitions=n)
     state = app.Table("sensor-state", default=None, partitions=n, key_type=str, value_type=str)
-    gaps = Gaps(settings, settings.app_id)
+    gaps = {name: Gaps(settings, settings.app_id)  # one side consumer per agent
+            for name in ("featurize", "featurize-engagement", "infer")}
     config = settings.sensor_features()
     features_topic = settings.topic("features")
 
@@ -87,7 +89,7 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving) 
         features equal those of an uninterrupted run.
         """
         async for event in stream.events():
-            for msg in await gaps.fill(event.message):
+            for msg in await gaps["featurize"].fill(event.message):
                 await featurize_message(msg)
             yield None
 
@@ -166,7 +168,7 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving) 
         it, and is recomputed from `prev` where its writes were cut short.
         """
         async for event in stream.events():
-            for msg in await gaps.fill(event.message):
+            for msg in await gaps["featurize-engagement"].fill(event.message):
                 await featurize_engagement_message(msg)
             yield None
 
@@ -250,7 +252,7 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving) 
         within = settings.infer_max_wait_ms / 1000
         # take_events is faust-streaming's own addition, missing from the StreamT protocol
         async for events in stream.take_events(max_msgs, within):  # type: ignore[attr-defined]
-            messages = [m for e in events for m in await gaps.fill(e.message)]
+            messages = [m for e in events for m in await gaps["infer"].fill(e.message)]
             routed = route([m.value for m in messages], [m.partition for m in messages],
                            serving)
             for i, rejected in routed.rejected:
@@ -271,7 +273,7 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving) 
             yield None
 
     _ = (featurize, featurize_engagement, infer)
-    return gaps
+    return list(gaps.values())
 
 
 async def write_durably(table: Any, values: dict[str, str], partition: int,

@@ -39,7 +39,7 @@ class HeadwaterApp(faust.App):
     ingest: Ingest
     serving: Serving
     model_updates: ModelUpdates
-    gaps: Gaps
+    gaps: list[Gaps]
 
     def readiness(self) -> dict[str, Any]:
         """What /ready reports: partitions held, model loaded, table state recovered."""
@@ -78,7 +78,8 @@ class HeadwaterApp(faust.App):
 
     async def on_stop(self) -> None:
         await super().on_stop()
-        await self.gaps.stop()
+        for gaps in self.gaps:
+            await gaps.stop()
         await self.outbox.stop()
 
 

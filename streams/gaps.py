@@ -16,6 +16,7 @@ drop.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -50,9 +51,22 @@ class Gaps:
         self.group = group
         self.expected: dict[tuple[str, int], int] = {}
         self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()  # one side consumer: its calls never interleave
 
     async def fill(self, message: Any) -> list[Any]:
-        """The messages to process for `message`, in order: any skipped before it, then it."""
+        """The messages to process for `message`, in order: any skipped before it, then it.
+
+        If the broker cannot be asked, `message` alone, logged: an agent must not crash
+        (Faust acknowledges the messages of an agent that raises)."""
+        try:
+            async with self._lock:
+                return await self._fill(message)
+        except Exception:
+            log.exception("%s:%d: could not check for skipped offsets before %d",
+                          message.topic, message.partition, message.offset)
+            return [message]
+
+    async def _fill(self, message: Any) -> list[Any]:
         key = (message.topic, message.partition)
         expected = self.expected.get(key)
         if expected is None:
@@ -75,10 +89,11 @@ class Gaps:
     async def _client(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             # never subscribes: it reads the group's commits and assigned ranges only
-            self._consumer = AIOKafkaConsumer(
+            consumer = AIOKafkaConsumer(
                 **self.settings.kafka_options(), group_id=self.group,
                 enable_auto_commit=False, max_partition_fetch_bytes=16 * 1024 * 1024)
-            await self._consumer.start()
+            await consumer.start()
+            self._consumer = consumer
         return self._consumer
 
     async def _committed(self, topic: str, partition: int) -> int | None:

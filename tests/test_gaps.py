@@ -49,3 +49,13 @@ def test_a_seek_back_is_a_replay_not_a_gap() -> None:
     g = FakeGaps(committed=0, log=[b""] * 6)
     assert offsets(g, [0, 1, 2, 1, 2, 3]) == [0, 1, 2, 1, 2, 3]
     assert g.reads == []
+
+
+def test_a_broker_error_never_crashes_the_agent() -> None:
+    class Broken(FakeGaps):
+        async def _read(self, topic: str, partition: int, start: int, stop: int
+                        ) -> list[Record]:
+            raise ConnectionError("broker away")
+
+    g = Broken(committed=0, log=[])
+    assert offsets(g, [0, 3]) == [0, 3]  # the message itself still goes on
