@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from aiokafka.errors import KafkaError
 from faust import App
-from faust.types import StreamT
+from faust.types import TP, StreamT
 
 from models.engagement import engagement_features, engagement_state_keys
 from models.features import dump_state, load_state, sensor_features
@@ -58,7 +58,13 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving
     features = app.topic(settings.topic("features"), value_type=bytes,
                          value_serializer="raw", key_serializer="raw", partitions=n)
     state = app.Table("sensor-state", default=None, partitions=n, key_type=str, value_type=str)
-    gaps = {name: Gaps(settings, settings.app_id)  # one side consumer per agent
+
+    async def repaired(topic: str, partition: int, start: int, stop: int) -> None:
+        """Tell Faust that offsets start..stop-1 were handled (its own gap bookkeeping)."""
+        await app.consumer._add_gap(  # type: ignore[attr-defined]  # Faust-internal
+            TP(topic, partition), start, stop - 1)
+
+    gaps = {name: Gaps(settings, settings.app_id, repaired)  # one side consumer per agent
             for name in ("featurize", "featurize-engagement", "infer")}
     config = settings.sensor_features()
     features_topic = settings.topic("features")

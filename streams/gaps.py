@@ -11,13 +11,15 @@ repaired message is counted in `headwater_offset_gaps_total` and logged.
 
 The first message of a partition in a worker's life is checked against the group's
 committed offset: it is where Faust seeks to, so a message past it was preceded by a
-drop.
+drop. Faust is then told the repaired range is a gap (`repaired`): a hole at the head of
+what it has seen would otherwise stop its commits for that partition for good.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,9 +48,12 @@ class Record:
 class Gaps:
     """Per input partition, the next offset an agent expects, and the messages it missed."""
 
-    def __init__(self, settings: Settings, group: str) -> None:
+    def __init__(self, settings: Settings, group: str,
+                 repaired: Callable[[str, int, int, int], Awaitable[None]] | None = None
+                 ) -> None:
         self.settings = settings
         self.group = group
+        self.repaired = repaired
         self.expected: dict[tuple[str, int], int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()  # one side consumer: its calls never interleave
@@ -75,6 +80,8 @@ class Gaps:
         if expected is None or message.offset <= expected:
             return [message]  # in order, or a replay after a seek back
         missed = await self._read(message.topic, message.partition, expected, message.offset)
+        if self.repaired is not None:  # Faust may otherwise never commit past the hole
+            await self.repaired(message.topic, message.partition, expected, message.offset)
         OFFSET_GAPS.labels(message.topic).inc(len(missed))
         log.warning("%s:%d: offsets %d..%d never reached the agent; read %d back from the "
                     "broker", message.topic, message.partition, expected, message.offset - 1,
