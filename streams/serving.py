@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pyarrow as pa
 import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from mode import Service
@@ -146,8 +147,6 @@ class Serving:
 
 def collate_probe(model: LoadedModel) -> np.ndarray:
     """A few rows of zeros shaped like the model's collated input."""
-    import pyarrow as pa
-
     ids = model.manifest.get("id_columns") or []
     cols = {c: pa.array(["probe"] * 4) for c in ids}
     cols.update({n: pa.array([0.0] * 4) for n in model.feature_names})
