@@ -61,7 +61,7 @@ def test_promotion_mid_stream_swaps_once_without_a_gap(settings: Settings,
         wait_for(lambda: ready(s) and ready(s2), 60, "both workers holding partitions")
         events = many_events(EVENTS)
         producer = threading.Thread(target=lambda: asyncio.run(produce_table(
-            s, events, s.topic("sensor-events"), rate=5000, chunk=500)))
+            s, events, s.topic("sensor-events"), rate=2500, chunk=500)))
         producer.start()
         wait_for(lambda: sample(s, 'headwater_events_total{agent="infer"}') > 5000, 120,
                  "predictions flowing")
@@ -69,6 +69,7 @@ def test_promotion_mid_stream_swaps_once_without_a_gap(settings: Settings,
                                   "shuttle", "2"], cwd=ROOT, env=settings_env(s),
                                  capture_output=True, text=True, timeout=120, check=False)
         assert promote.returncode == 0, promote.stderr
+        assert producer.is_alive()  # promoted mid-stream: events are still coming
         assert Registry(root).current("shuttle") == 2
         wait_for(lambda: [sample(w, 'headwater_model_version{model="shuttle"}')
                           for w in (s, s2)] == [2, 2], 30, "every worker serving v2")
