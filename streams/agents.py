@@ -176,13 +176,11 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving
                               pending: list[asyncio.Future[object]]) -> dict[str, Any]:
         """One group's features and dead letters sent (onto `pending`); `states` moved
         past the group; returns the states it changed."""
-        merged = pa.Table.from_batches([b for _, b in group]) if len(
-            {b.schema for _, b in group}) == 1 else pa.concat_tables(
-            [pa.Table.from_batches([b]) for _, b in group], promote_options="permissive")
-        batch = merged.combine_chunks().to_batches()[0]
+        batch = pa.concat_tables([pa.Table.from_batches([b]) for _, b in group],
+                                 promote_options="permissive").combine_chunks().to_batches()[0]
         origin = np.repeat(np.arange(len(group)), [b.num_rows for _, b in group])
-        sensors = batch.column("sensor_id").to_pylist()
-        mine = {k: group[i][0].partition for k, i in zip(sensors, origin.tolist(), strict=True)}
+        mine = {k: msg.partition for msg, b in group  # per message, not per row
+                for k in pc.unique(b.column("sensor_id")).to_pylist()}
         partition_of.update(mine)
         try:
             out, after, skipped = sensor_features(
@@ -201,7 +199,8 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving
             msg = group[int(origin[sk.row])][0]
             pending.append(await outbox.dead_letter(
                 "featurize", Rejected(sk.reason, sk.detail, sk.row), topic=msg.topic,
-                partition=msg.partition, offset=msg.offset, key=sensors[sk.row].encode(),
+                partition=msg.partition, offset=msg.offset,
+                key=batch.column("sensor_id")[sk.row].as_py().encode(),
                 raw=orjson.dumps(rows.slice(sk.row, 1).to_pylist()[0])))
         for p in sorted({msg.partition for msg, _ in group}):
             keys = pa.array([k for k, q in mine.items() if q == p])
