@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pv
 
-__all__ = ["DATASETS", "SHUTTLE_START_MS", "movielens", "nab", "occupancy", "shuttle"]
+__all__ = ["DATASETS", "SHUTTLE_START_MS", "elec2", "movielens", "nab", "occupancy", "shuttle"]
 
 SHUTTLE_START_MS = 1_388_534_400_000  # 2014-01-01T00:00:00Z, an arbitrary origin
 
@@ -152,6 +152,33 @@ def occupancy(root: Path) -> pa.Table:
     return _sensor_table(t.column("date").combine_chunks(), ["office"] * t.num_rows,
                          {r: t.column(r).combine_chunks() for r in OCCUPANCY_READINGS},
                          "occ", t.column("Occupancy").combine_chunks())
+
+
+ELEC2_READINGS = ("day", "period", "nswprice", "nswdemand", "vicprice", "vicdemand",
+                  "transfer")
+ELEC2_START_MS = 831_427_200_000  # 1996-05-07T00:00:00Z
+
+
+def elec2(root: Path, limit: int | None = None) -> pa.Table:
+    """Elec2 (`root/elecNormNew.csv.gz`, MOA's normalised file, no header) as one sensor's
+    events: the seven readings, event time rebuilt as 1996-05-07 + 30 min x row (the
+    data README's rule), `label` = the price went UP.
+
+    >>> root = Path(__file__).resolve().parents[2] / "shared" / "data" / "elec2"
+    >>> t = elec2(root, limit=2)
+    >>> t.column("event_time").to_pylist(), t.column("label").to_pylist()
+    ([831427200000, 831429000000], [1, 1])
+    """
+    names = ["date", *ELEC2_READINGS, "class"]
+    t = pv.read_csv(root / "elecNormNew.csv.gz", read_options=pv.ReadOptions(
+        column_names=names, use_threads=False))
+    if limit is not None:
+        t = t.slice(0, limit)
+    times = pa.array(ELEC2_START_MS + np.arange(t.num_rows, dtype=np.int64) * 1_800_000)
+    label = pc.equal(t.column("class"), "UP").combine_chunks()
+    return _sensor_table(times.cast(pa.timestamp("ms")), ["elec2"] * t.num_rows,
+                         {r: t.column(r).combine_chunks() for r in ELEC2_READINGS},
+                         "elec2", label)
 
 
 DATASETS = {"shuttle": shuttle}

@@ -1,0 +1,259 @@
+"""The online head: a river learner that keeps learning from delayed labels,
+test-then-train, with prequential metrics and a drift detector on its errors.
+
+A *question* is an event's features (`ask`): the head predicts and keeps the features
+and the prediction until the event's label arrives. An *answer* is a label (`answer`):
+the kept prediction is scored first, then the head learns. This is river's
+`evaluate.progressive_val_score` with a delay, held for a live stream: fed in the order
+`models.ordering.QAOrder` gives, the metrics equal river's exactly.
+
+Rules (each counted in `Head.counts`):
+- a label whose event was not asked waits up to `horizon_ms` (in stream time) for it,
+  then is `unmatched`; a label older than the horizon when it arrives is `stale`;
+- a second label for an event is a `duplicate` and is not learned (the first label
+  wins); a classification label other than 0 or 1 is `bad-value`;
+- an asked event with no label within the horizon is dropped (`unlabelled`), or, with
+  `negative_window_ms`, becomes a negative when that window closes (`implicit`: an
+  impression nobody engaged with); a label after that is a `duplicate`.
+
+>>> head = Head("demo", HeadConfig(spec="LogisticRegression", horizon_ms=100))
+>>> head.ask("e1", 0, {"x": 1.0})
+{False: 0.5, True: 0.5}
+>>> head.answer("e1", 5, 1.0)
+[]
+>>> head.updates, round(head.metrics()["log_loss"], 4)
+(1, 0.6931)
+>>> [o.reason for o in head.answer("e9", 6, 1.0) + head.advance(200)]
+['unmatched-label']
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from river import base, drift, metrics, utils
+
+from models.online import Task, boost_learning_rate, build_learner, task_of
+
+__all__ = ["DRIFT_DETECTORS", "Head", "HeadConfig", "Outcome"]
+
+DRIFT_DETECTORS = ("ADWIN", "PageHinkley", "none")
+DriftAction = Literal["none", "reset", "boost-lr", "curate"]
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """How one online head learns (settings build it)."""
+
+    spec: str = "StandardScaler | LogisticRegression"
+    horizon_ms: int = 3_600_000  # how long features wait for a label, in stream time
+    rolling: int = 1000  # labels in the rolling metrics
+    drift: Literal["ADWIN", "PageHinkley", "none"] = "ADWIN"
+    drift_action: DriftAction = "none"
+    boost_factor: float = 2.0  # the learning-rate factor of the `boost-lr` action
+    negative_window_ms: int = 0  # 0: no implicit negatives
+    max_pending: int = 200_000  # asked events kept for their label, at most
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Something the stream must act on: a label to dead-letter, or a drift alert."""
+
+    kind: Literal["rejected", "drift"]
+    event_id: str
+    reason: str
+    detail: str
+    time: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Asked:
+    t: int
+    x: dict[str, float]
+    y_pred: Any
+    entity: str
+
+
+_CLASSIFICATION = {"log_loss": metrics.LogLoss, "roc_auc": metrics.ROCAUC,
+                   "accuracy": metrics.Accuracy}
+_REGRESSION = {"mae": metrics.MAE, "rmse": metrics.RMSE}
+
+
+class Head:
+    """One online head (see the module doc). Not thread-safe: one writer per model."""
+
+    def __init__(self, name: str, config: HeadConfig) -> None:
+        self.name = name
+        self.config = config
+        self.model: base.Estimator = build_learner(config.spec)
+        self.task: Task = task_of(self.model)
+        kinds = _CLASSIFICATION if self.task == "classification" else _REGRESSION
+        self.cumulative = {k: m() for k, m in kinds.items()}
+        self.rolling = {k: utils.Rolling(m, window_size=config.rolling)
+                        for k, m in kinds.items()}
+        self.detector = _detector(config.drift)
+        self.updates = 0  # labels learned: the head's version
+        self.frozen = False  # True: labels are scored but no longer learned
+        self.clock = -(1 << 62)  # the latest stream time seen
+        self.counts = {k: 0 for k in ("asked", "learned", "duplicate", "unmatched", "stale",
+                                      "bad-value", "unlabelled", "implicit", "evicted",
+                                      "drift")}
+        self._asked: OrderedDict[str, _Asked] = OrderedDict()  # in ask order
+        self._waiting: OrderedDict[str, tuple[int, float, str]] = OrderedDict()
+        self._answered: OrderedDict[str, int] = OrderedDict()  # event id -> answer time
+
+    # -- the stream ------------------------------------------------------------------
+
+    def ask(self, event_id: str, t: int, x: dict[str, float], entity: str = "") -> Any:
+        """Predict for an event (before any of its label is learned) and keep it."""
+        self._tick(t)
+        y_pred = self.predict(x)
+        self.counts["asked"] += 1
+        if event_id in self._answered or event_id in self._asked:
+            self.counts["duplicate"] += 1
+            return y_pred
+        self._asked[event_id] = _Asked(t, x, y_pred, entity)
+        if len(self._asked) > self.config.max_pending:
+            self._asked.popitem(last=False)
+            self.counts["evicted"] += 1
+        if (w := self._waiting.pop(event_id, None)) is not None:
+            self._learn(event_id, w[0], w[1])
+        return y_pred
+
+    def answer(self, event_id: str, t: int, y: float, source: str = "outcome"
+               ) -> list[Outcome]:
+        """Score the kept prediction of `event_id` against label `y`, then learn."""
+        self._tick(t)
+        if self.task == "classification" and y not in (0, 1):
+            self.counts["bad-value"] += 1
+            return [Outcome("rejected", event_id, "bad-label-value",
+                            f"{self.name} is a classifier: a label is 0 or 1, not {y!r}", t)]
+        if t < self.clock - self.config.horizon_ms:
+            self.counts["stale"] += 1
+            return [Outcome("rejected", event_id, "stale-label",
+                            f"label time {t} is more than {self.config.horizon_ms} ms "
+                            f"behind the stream ({self.clock})", t)]
+        if event_id in self._answered or event_id in self._waiting:
+            self.counts["duplicate"] += 1
+            return []
+        if event_id not in self._asked:
+            self._waiting[event_id] = (t, y, source)
+            return []
+        return self._learn(event_id, t, y)
+
+    def advance(self, t: int) -> list[Outcome]:
+        """Move stream time to `t`: implicit negatives, and what the horizon drops."""
+        self._tick(t)
+        out: list[Outcome] = []
+        window = self.config.negative_window_ms
+        if window:
+            while self._asked and next(iter(self._asked.values())).t + window <= self.clock:
+                event_id, asked = next(iter(self._asked.items()))
+                self.counts["implicit"] += 1
+                out += self._learn(event_id, asked.t + window, 0.0)
+        edge = self.clock - self.config.horizon_ms
+        while self._asked and next(iter(self._asked.values())).t < edge:
+            self._asked.popitem(last=False)
+            self.counts["unlabelled"] += 1
+        while self._waiting and next(iter(self._waiting.values()))[0] < edge:
+            event_id, (due, _, source) = self._waiting.popitem(last=False)
+            self.counts["unmatched"] += 1
+            out.append(Outcome("rejected", event_id, "unmatched-label",
+                               f"no features for this {source} label within "
+                               f"{self.config.horizon_ms} ms", due))
+        while self._answered and next(iter(self._answered.values())) < edge:
+            self._answered.popitem(last=False)
+        return out
+
+    # -- the model -----------------------------------------------------------------------
+
+    def predict(self, x: dict[str, float]) -> Any:
+        """The head's prediction: class probabilities, or a number for regression."""
+        if self.task == "classification":
+            return self.model.predict_proba_one(x)
+        return self.model.predict_one(x)
+
+    def metrics(self, rolling: bool = False) -> dict[str, float]:
+        """The prequential metrics, cumulative or over the last `rolling` labels."""
+        held = self.rolling if rolling else self.cumulative
+        return {k: float(m.get()) for k, m in held.items()}
+
+    def model_bytes(self) -> bytes:
+        """The learner alone, for serving (zlib-compressed pickle)."""
+        return zlib.compress(pickle.dumps(self.model, protocol=5), 1)
+
+    def checkpoint(self) -> bytes:
+        """Everything, for recovery: learner, metrics, detector, kept events."""
+        return zlib.compress(pickle.dumps(self, protocol=5), 1)
+
+    @staticmethod
+    def restore(raw: bytes) -> Head:
+        head = pickle.loads(zlib.decompress(raw))
+        if not isinstance(head, Head):
+            raise TypeError(f"not a Head checkpoint: {type(head).__name__}")
+        return head
+
+    # -- inside ----------------------------------------------------------------------
+
+    def _tick(self, t: int) -> None:
+        if t > self.clock:
+            self.clock = t
+
+    def _learn(self, event_id: str, t: int, y: float) -> list[Outcome]:
+        asked = self._asked.pop(event_id)
+        self._answered[event_id] = t
+        target: Any = bool(y) if self.task == "classification" else y
+        y_pred = asked.y_pred
+        out: list[Outcome] = []
+        if y_pred != {} and y_pred is not None:  # as river's progressive validation
+            if self.task == "classification":
+                label = max(y_pred, key=y_pred.get)
+                for k, m in self.cumulative.items():
+                    m.update(target, label if k == "accuracy" else y_pred)
+                for k, r in self.rolling.items():
+                    r.update(target, label if k == "accuracy" else y_pred)
+                error = float(label != target)
+            else:
+                for m in (*self.cumulative.values(), *self.rolling.values()):
+                    m.update(target, y_pred)
+                error = abs(target - y_pred)
+            out += self._watch(event_id, t, error, asked.entity)
+        if self.frozen:
+            return out
+        self.model.learn_one(asked.x, target)
+        self.updates += 1
+        self.counts["learned"] += 1
+        return out
+
+    def _watch(self, event_id: str, t: int, error: float, entity: str) -> list[Outcome]:
+        if self.detector is None or not math.isfinite(error):
+            return []
+        self.detector.update(error)
+        if not self.detector.drift_detected:
+            return []
+        self.counts["drift"] += 1
+        action = self.config.drift_action
+        if action == "reset":
+            self.model = build_learner(self.config.spec)
+        elif action == "boost-lr" and not boost_learning_rate(self.model,
+                                                              self.config.boost_factor):
+            action = "none (no learning rate to raise)"
+        return [Outcome("drift", event_id, self.config.drift,
+                        f"{self.config.drift} saw the error rate of {self.name} change",
+                        t, {"action": action, "slice": entity, "labels": self.updates,
+                            "rolling": self.metrics(rolling=True)})]
+
+
+def _detector(name: str) -> base.DriftDetector | None:
+    if name == "none":
+        return None
+    if name not in DRIFT_DETECTORS:
+        raise ValueError(f"unknown drift detector {name!r}; one of {DRIFT_DETECTORS}")
+    return copy.deepcopy(drift.ADWIN() if name == "ADWIN" else drift.PageHinkley())

@@ -1,0 +1,74 @@
+"""One online head fed in river's question/answer order, from questions and labels that
+arrive in any interleaving: what the learn stage and replay run (no Kafka here).
+
+>>> from models.head import HeadConfig
+>>> trainer = Trainer(Head("demo", HeadConfig(spec="LogisticRegression")))
+>>> trainer.label(10, "e0", 1.0)  # the label came first: it waits for its turn
+>>> trainer.question(0, "e0", {"x": 1.0}); trainer.question(20, "e1", {"x": 1.0})
+>>> trainer.step(), trainer.head.counts["asked"]  # e1 waits: a label due by 20 may come
+([], 1)
+>>> trainer.flush(), trainer.head.counts["asked"], trainer.head.updates
+([], 2, 1)
+"""
+
+from __future__ import annotations
+
+import pickle
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+from models.head import Head, Outcome
+from models.ordering import QAOrder, Released
+
+__all__ = ["Trainer"]
+
+
+class Trainer:
+    """A head and the order its questions and answers are released in; checkpointed
+    whole (`checkpoint`, `restore`)."""
+
+    def __init__(self, head: Head, max_buffer: int = 100_000) -> None:
+        self.head = head
+        self.order = QAOrder(max_buffer)
+
+    def question(self, t: int, event_id: str, x: dict[str, float], entity: str = "") -> None:
+        self.order.add_question(t, (event_id, x, entity))
+
+    def label(self, t: int, event_id: str, y: float, source: str = "outcome") -> None:
+        self.order.add_answer(t, (event_id, y, source))
+
+    def step(self) -> list[Outcome]:
+        """Feed the head what may go out now; what the stream must act on."""
+        return self._feed(self.order.ready())
+
+    def flush(self) -> list[Outcome]:
+        """Feed the head everything buffered (the end of a stream, or an idle one)."""
+        return self._feed(self.order.flush())
+
+    def _feed(self, released: Iterable[Released]) -> list[Outcome]:
+        out: list[Outcome] = []
+        head = self.head
+        for kind, t, payload in released:
+            if kind == "q":
+                event_id, x, entity = payload
+                head.ask(event_id, t, x, entity)
+            else:
+                event_id, y, source = payload
+                out += head.answer(event_id, t, y, source)
+            if head.config.negative_window_ms or t - self._swept > head.config.horizon_ms // 8:
+                out += head.advance(t)
+                self._swept = t
+        return out
+
+    _swept: int = -(1 << 62)  # stream time of the last horizon sweep
+
+    def checkpoint(self) -> bytes:
+        return zlib.compress(pickle.dumps(self, protocol=5), 1)
+
+    @staticmethod
+    def restore(raw: bytes) -> Trainer:
+        got: Any = pickle.loads(zlib.decompress(raw))
+        if not isinstance(got, Trainer):
+            raise TypeError(f"not a Trainer checkpoint: {type(got).__name__}")
+        return got
