@@ -25,8 +25,11 @@ __all__ = [
     "JSON",
     "CurationSample",
     "DeadLetter",
+    "DriftAlert",
+    "HeadSnapshot",
     "EngagementEvent",
     "Label",
+    "MetricsReport",
     "ModelUpdate",
     "Prediction",
     "SensorEvent",
@@ -142,6 +145,7 @@ class Label(_Message):
     source: str
     label_time: int
     annotator: str | None = None
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +166,7 @@ class Prediction(_Message):
     head_version: int | None = None
     variance: float | None = None
     item_id: str | None = None
+    head_probability: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,3 +229,53 @@ class DeadLetter(_Message):
     source_row: int | None = None
     source_key_b64: str | None = None
     raw_truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsReport(_Message):
+    """Prequential metrics of one online head (cumulative and rolling), and its counts."""
+
+    schema_name: ClassVar[str] = "metrics-report"
+    name: str
+    model: str
+    version: int
+    labels: int
+    window: int
+    cumulative: dict[str, float | None]
+    rolling: dict[str, float | None]
+    counts: dict[str, int]
+    stream_time: int
+    report_time: int
+
+
+@dataclass(frozen=True, slots=True)
+class DriftAlert(_Message):
+    """A drift detector on an online head's errors fired, and what the head did."""
+
+    schema_name: ClassVar[str] = "drift-alert"
+    name: str
+    model: str
+    detector: str
+    event_id: str
+    event_time: int
+    action: str
+    labels: int
+    rolling: dict[str, float | None]
+    detected_at: int
+    slice: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeadSnapshot(_Message):
+    """An online head's learner for serving (`state_b64`: zlib-compressed pickle)."""
+
+    schema_name: ClassVar[str] = "head-snapshot"
+    name: str
+    model: str
+    family: str
+    version: int
+    spec: str
+    features: list[str]
+    state_b64: str
+    created_at: int
+    training_offset: int

@@ -13,10 +13,11 @@ __all__ = ["predictions_json"]
 
 
 def predictions_json(t: pa.Table, probability: np.ndarray, uncertainty: np.ndarray,
-                     variance: np.ndarray, model: tuple[str, int], predict_time: int
-                     ) -> list[bytes]:
+                     variance: np.ndarray, model: tuple[str, int], predict_time: int,
+                     head: tuple[int, np.ndarray] | None = None) -> list[bytes]:
     """One Prediction JSON document per row of a feature table, in row order; `model`
-    is the (name, version) that scored them.
+    is the (name, version) that scored them, `head` the online head's (version,
+    probabilities; NaN where it has none) when one is served.
 
     Built column-wise with Arrow string kernels (about 0.3 us a row, against 9 us for a
     dict and orjson per row); Arrow prints floats in their shortest round-trip form.
@@ -28,8 +29,8 @@ def predictions_json(t: pa.Table, probability: np.ndarray, uncertainty: np.ndarr
     >>> orjson.loads(doc) == {
     ...     "event_id": "e", "entity_id": 's"1', "item_id": None, "probability": 0.25,
     ...     "uncertainty": 0.81, "variance": 0.0, "model_name": "m", "model_version": 4,
-    ...     "head_version": None, "event_time": 1, "source_time": None, "ingest_time": 3,
-    ...     "predict_time": 5}
+    ...     "head_version": None, "head_probability": None, "event_time": 1,
+    ...     "source_time": None, "ingest_time": 3, "predict_time": 5}
     True
     """
     if t.num_rows == 0:
@@ -38,8 +39,10 @@ def predictions_json(t: pa.Table, probability: np.ndarray, uncertainty: np.ndarr
     items = _json_strings(t.column("item_id")) if "item_id" in t.schema.names \
         else lit("null")
     name, version = model
+    head_version, head_p = ("null", lit("null")) if head is None else \
+        (str(head[0]), _json_floats(head[1]))
     fixed = (f',"model_name":{orjson.dumps(name).decode()},'
-             f'"model_version":{version},"head_version":null,"event_time":')
+             f'"model_version":{version},"head_version":{head_version},"head_probability":')
     joined = pc.binary_join_element_wise(
         lit('{"event_id":'), _json_strings(t.column("event_id")),
         lit(',"entity_id":'), _json_strings(t.column("entity_id")),
@@ -47,7 +50,7 @@ def predictions_json(t: pa.Table, probability: np.ndarray, uncertainty: np.ndarr
         lit(',"probability":'), _json_floats(probability),
         lit(',"uncertainty":'), _json_floats(uncertainty),
         lit(',"variance":'), _json_floats(variance),
-        lit(fixed), _json_ints(t.column("event_time")),
+        lit(fixed), head_p, lit(',"event_time":'), _json_ints(t.column("event_time")),
         lit(',"source_time":'), _json_ints(t.column("source_time")),
         lit(',"ingest_time":'), _json_ints(t.column("ingest_time")),
         lit(f',"predict_time":{predict_time}}}'), "")
@@ -70,10 +73,12 @@ def _json_strings(col: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 
 def _json_floats(values: np.ndarray) -> pa.Array:
-    """Shortest round-trip text of each float, always with a decimal point or exponent."""
-    text = pc.cast(pa.array(values, pa.float64()), pa.string())
+    """Shortest round-trip text of each float, always with a decimal point or exponent;
+    null for NaN."""
+    text = pc.cast(pa.array(values, pa.float64(), from_pandas=True), pa.string())
     whole = pc.invert(pc.match_substring_regex(text, r"[.eE]"))
-    return pc.if_else(whole, pc.binary_join_element_wise(text, pa.scalar(".0"), ""), text)
+    out = pc.if_else(whole, pc.binary_join_element_wise(text, pa.scalar(".0"), ""), text)
+    return pc.fill_null(out, "null")
 
 
 def _json_ints(col: pa.ChunkedArray) -> pa.Array:

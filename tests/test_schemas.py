@@ -15,8 +15,11 @@ from schemas.codec import Rejected
 from schemas.events import (
     CurationSample,
     DeadLetter,
+    DriftAlert,
     EngagementEvent,
+    HeadSnapshot,
     Label,
+    MetricsReport,
     ModelUpdate,
     Prediction,
     SensorEvent,
@@ -27,6 +30,7 @@ from schemas.predictions import predictions_json
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = sorted((ROOT / "schemas" / "json").glob("*.json"))
 TYPES = [SensorEvent, EngagementEvent, Label, Prediction, CurationSample, DeadLetter,
+         MetricsReport, DriftAlert, HeadSnapshot,
          ModelUpdate]
 
 
