@@ -29,7 +29,6 @@ Rules (each counted in `Head.counts`):
 
 from __future__ import annotations
 
-import copy
 import math
 import pickle
 import zlib
@@ -37,11 +36,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from river import base, drift, metrics, utils
+import numpy as np
+from river import base, compose, drift, linear_model, metrics, preprocessing, utils
 
 from models.online import Task, boost_learning_rate, build_learner, task_of
 
-__all__ = ["DRIFT_DETECTORS", "Head", "HeadConfig", "Outcome"]
+__all__ = ["DRIFT_DETECTORS", "Head", "HeadConfig", "Outcome", "Row", "HeadScorer", "head_scores"]
 
 DRIFT_DETECTORS = ("ADWIN", "PageHinkley", "none")
 DriftAction = Literal["none", "reset", "boost-lr", "curate"]
@@ -73,10 +73,25 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One event's features, compact while it waits for its label (a dict of 200 floats
+    takes about 15 kB; this, about 1 kB). `names` is shared by the rows of a batch."""
+
+    names: tuple[str, ...]
+    values: Any  # a 1-d numpy array
+
+    def to_dict(self) -> dict[str, float]:
+        return dict(zip(self.names, self.values.tolist(), strict=True))
+
+
+Features = dict[str, float] | Row
+
+
 @dataclass
 class _Asked:
     t: int
-    x: dict[str, float]
+    x: Features
     y_pred: Any
     entity: str
 
@@ -92,11 +107,11 @@ class Head:
     def __init__(self, name: str, config: HeadConfig) -> None:
         self.name = name
         self.config = config
-        self.model: base.Estimator = build_learner(config.spec)
+        self.model: Any = build_learner(config.spec)  # river's learners are untyped
         self.task: Task = task_of(self.model)
         kinds = _CLASSIFICATION if self.task == "classification" else _REGRESSION
-        self.cumulative = {k: m() for k, m in kinds.items()}
-        self.rolling = {k: utils.Rolling(m, window_size=config.rolling)
+        self.cumulative: dict[str, Any] = {k: m() for k, m in kinds.items()}
+        self.rolling: dict[str, Any] = {k: utils.Rolling(m, window_size=config.rolling)
                         for k, m in kinds.items()}
         self.detector = _detector(config.drift)
         self.updates = 0  # labels learned: the head's version
@@ -106,15 +121,15 @@ class Head:
                                       "bad-value", "unlabelled", "implicit", "evicted",
                                       "drift")}
         self._asked: OrderedDict[str, _Asked] = OrderedDict()  # in ask order
-        self._waiting: OrderedDict[str, tuple[int, float, str]] = OrderedDict()
+        self._waiting: OrderedDict[str, tuple[int, float, str, Any]] = OrderedDict()
         self._answered: OrderedDict[str, int] = OrderedDict()  # event id -> answer time
 
     # -- the stream ------------------------------------------------------------------
 
-    def ask(self, event_id: str, t: int, x: dict[str, float], entity: str = "") -> Any:
+    def ask(self, event_id: str, t: int, x: Features, entity: str = "") -> Any:
         """Predict for an event (before any of its label is learned) and keep it."""
         self._tick(t)
-        y_pred = self.predict(x)
+        y_pred = self.predict(x.to_dict() if isinstance(x, Row) else x)
         self.counts["asked"] += 1
         if event_id in self._answered or event_id in self._asked:
             self.counts["duplicate"] += 1
@@ -127,24 +142,28 @@ class Head:
             self._learn(event_id, w[0], w[1])
         return y_pred
 
-    def answer(self, event_id: str, t: int, y: float, source: str = "outcome"
-               ) -> list[Outcome]:
-        """Score the kept prediction of `event_id` against label `y`, then learn."""
+    def answer(self, event_id: str, t: int, y: float, source: str = "outcome",
+               where: Any = None) -> list[Outcome]:
+        """Score the kept prediction of `event_id` against label `y`, then learn.
+
+        `where` (the label's source coordinates, say) comes back in the `extra` of an
+        Outcome that rejects this label."""
         self._tick(t)
         if self.task == "classification" and y not in (0, 1):
             self.counts["bad-value"] += 1
             return [Outcome("rejected", event_id, "bad-label-value",
-                            f"{self.name} is a classifier: a label is 0 or 1, not {y!r}", t)]
+                            f"{self.name} is a classifier: a label is 0 or 1, not {y!r}", t,
+                            {"where": where})]
         if t < self.clock - self.config.horizon_ms:
             self.counts["stale"] += 1
             return [Outcome("rejected", event_id, "stale-label",
                             f"label time {t} is more than {self.config.horizon_ms} ms "
-                            f"behind the stream ({self.clock})", t)]
+                            f"behind the stream ({self.clock})", t, {"where": where})]
         if event_id in self._answered or event_id in self._waiting:
             self.counts["duplicate"] += 1
             return []
         if event_id not in self._asked:
-            self._waiting[event_id] = (t, y, source)
+            self._waiting[event_id] = (t, y, source, where)
             return []
         return self._learn(event_id, t, y)
 
@@ -163,11 +182,11 @@ class Head:
             self._asked.popitem(last=False)
             self.counts["unlabelled"] += 1
         while self._waiting and next(iter(self._waiting.values()))[0] < edge:
-            event_id, (due, _, source) = self._waiting.popitem(last=False)
+            event_id, (due, _, source, where) = self._waiting.popitem(last=False)
             self.counts["unmatched"] += 1
             out.append(Outcome("rejected", event_id, "unmatched-label",
                                f"no features for this {source} label within "
-                               f"{self.config.horizon_ms} ms", due))
+                               f"{self.config.horizon_ms} ms", due, {"where": where}))
         while self._answered and next(iter(self._answered.values())) < edge:
             self._answered.popitem(last=False)
         return out
@@ -227,7 +246,8 @@ class Head:
             out += self._watch(event_id, t, error, asked.entity)
         if self.frozen:
             return out
-        self.model.learn_one(asked.x, target)
+        x = asked.x
+        self.model.learn_one(x.to_dict() if isinstance(x, Row) else x, target)
         self.updates += 1
         self.counts["learned"] += 1
         return out
@@ -239,7 +259,7 @@ class Head:
         if not self.detector.drift_detected:
             return []
         self.counts["drift"] += 1
-        action = self.config.drift_action
+        action: str = self.config.drift_action
         if action == "reset":
             self.model = build_learner(self.config.spec)
         elif action == "boost-lr" and not boost_learning_rate(self.model,
@@ -251,9 +271,90 @@ class Head:
                             "rolling": self.metrics(rolling=True)})]
 
 
+def head_scores(learner: Any, names: list[str], x: np.ndarray) -> np.ndarray:
+    """A served head's score of each row of `x` (columns `names`): P(True) for a
+    classifier, the prediction for a regressor; NaN where it has none yet.
+
+    `[StandardScaler |] LogisticRegression` (or LinearRegression) scores the whole batch
+    in numpy; other learners score row by row. The two agree to float64 rounding.
+
+    >>> head = Head("h", HeadConfig(spec="StandardScaler | LogisticRegression"))
+    >>> for v, y in ((0.0, 0), (1.0, 1), (0.2, 0), (0.9, 1)):
+    ...     _ = head.ask(str(v), 0, {"a": v}); _ = head.answer(str(v), 0, y)
+    >>> p = head_scores(head.model, ["a"], np.array([[0.0], [1.0]]))
+    >>> bool(p[0] < 0.5 < p[1]), bool(abs(p[1] - head.predict({"a": 1.0})[True]) < 1e-12)
+    (True, True)
+    """
+    return HeadScorer(learner, names)(x)
+
+
+class HeadScorer:
+    """`head_scores` for one served learner, its linear weights taken out once."""
+
+    def __init__(self, learner: Any, names: list[str]) -> None:
+        self.learner = learner
+        self.names = names
+        self.linear = _linear(learner, names)
+        self.classifier = task_of(learner) == "classification"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if not len(x):
+            return np.empty(0)
+        return self._score(np.asarray(x, np.float64))
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        linear, learner, names = self.linear, self.learner, self.names
+        if linear is not None:
+            mean, scale, weights, intercept, logistic = linear
+            z = np.where(scale > 0, (x - mean) / np.where(scale > 0, scale, 1.0), 0.0) \
+                if mean is not None else x
+            raw = z @ weights + intercept
+            if not logistic:
+                return np.asarray(raw, np.float64)
+            with np.errstate(over="ignore"):
+                p = 1.0 / (1.0 + np.exp(-raw))
+            return np.where(raw < -30, 0.0, np.where(raw > 30, 1.0, p))  # river's clamps
+        classifier = self.classifier
+        out = np.full(len(x), np.nan)
+        for i, values in enumerate(x.tolist()):
+            row = dict(zip(names, values, strict=True))
+            if classifier:
+                p_one = learner.predict_proba_one(row)
+                out[i] = p_one.get(True, np.nan) if p_one else np.nan
+            else:
+                got = learner.predict_one(row)
+                out[i] = np.nan if got is None else got
+        return out
+
+
+def _linear(learner: Any, names: list[str]) -> tuple[Any, Any, Any, float, bool] | None:
+    """(mean, std, weights, intercept, logistic) of `[StandardScaler |]` a linear or
+    logistic regression, as arrays over `names`; None for any other learner."""
+    steps = list(learner.steps.values()) if isinstance(learner, compose.Pipeline) \
+        else [learner]
+    scaler = steps[0] if len(steps) == 2 else None
+    final = steps[-1]
+    if len(steps) > 2 or type(final) not in (linear_model.LogisticRegression,
+                                             linear_model.LinearRegression):
+        return None
+    mean = scale = None
+    if scaler is not None:
+        if type(scaler) is not preprocessing.StandardScaler or not scaler.with_std \
+                or scaler.window_size is not None:
+            return None
+        mean = np.array([scaler.means.get(n, 0.0) for n in names])
+        scale = np.sqrt(np.array([scaler.vars.get(n, 0.0) for n in names]))
+    w = final.weights
+    weights = np.array([w.get(n, 0.0) for n in names])
+    return mean, scale, weights, float(final.intercept), \
+        type(final) is linear_model.LogisticRegression
+
+
 def _detector(name: str) -> base.DriftDetector | None:
     if name == "none":
         return None
     if name not in DRIFT_DETECTORS:
         raise ValueError(f"unknown drift detector {name!r}; one of {DRIFT_DETECTORS}")
-    return copy.deepcopy(drift.ADWIN() if name == "ADWIN" else drift.PageHinkley())
+    made: base.DriftDetector = (drift.ADWIN() if name == "ADWIN"  # type: ignore[no-untyped-call]
+                                else drift.PageHinkley())
+    return made

@@ -9,10 +9,10 @@ optional keyword arguments (Python literals, or an optimizer such as `SGD(0.05)`
 (['StandardScaler', 'LogisticRegression'], 0.001)
 >>> task_of(build_learner("HoeffdingAdaptiveTreeRegressor(seed=1)"))
 'regression'
->>> build_learner("StandardScaler | os.system('x')")
+>>> build_learner("os.system('x')")
 Traceback (most recent call last):
 ...
-ValueError: learner spec step "os.system('x')" names none of: StandardScaler, MinMaxScaler, ... (models.online.LEARNERS)
+ValueError: learner spec step "os.system('x')" names none of: StandardScaler, ... (see ...)
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ OPTIMIZERS: dict[str, Callable[..., optim.base.Optimizer]] = {
 
 
 def build_learner(spec: str) -> base.Estimator:
-    """A fresh river estimator (or pipeline) for `spec`; ValueError names what is wrong."""
+    """A fresh river estimator (or pipeline) for `spec`; ValueError names what is wrong
+    (the names a spec may use are the keys of `LEARNERS` and `OPTIMIZERS`)."""
     steps = [s.strip() for s in spec.split("|")]
     if not all(steps):
         raise ValueError(f"learner spec {spec!r} has an empty step")
@@ -76,7 +77,8 @@ def boost_learning_rate(model: base.Estimator, factor: float) -> bool:
 def _final(model: base.Estimator) -> base.Estimator:
     """The last step of a pipeline, or the model itself."""
     if isinstance(model, compose.Pipeline):
-        return list(model.steps.values())[-1]
+        last: base.Estimator = list(model.steps.values())[-1]
+        return last
     return model
 
 
@@ -105,8 +107,8 @@ def _call(node: ast.expr, text: str, known: dict[str, Callable[..., Any]]
         if node.args:
             raise ValueError(f"learner spec step {text!r}: give arguments by keyword")
         return node.func.id, {k.arg: _value(k.value, text) for k in node.keywords if k.arg}
-    raise ValueError(f"learner spec step {text!r} names none of: "
-                     + ", ".join(list(known)[:2]) + ", ... (models.online.LEARNERS)")
+    raise ValueError(f"learner spec step {text!r} names none of: {next(iter(known))}, "
+                     "... (see ...)")
 
 
 def _value(node: ast.expr, text: str) -> Any:

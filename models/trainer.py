@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
-from models.head import Head, Outcome
+from models.head import Features, Head, Outcome
 from models.ordering import QAOrder, Released
 
 __all__ = ["Trainer"]
@@ -31,12 +31,15 @@ class Trainer:
     def __init__(self, head: Head, max_buffer: int = 100_000) -> None:
         self.head = head
         self.order = QAOrder(max_buffer)
+        self.names: tuple[str, ...] = ()  # the features of the questions, once seen
 
-    def question(self, t: int, event_id: str, x: dict[str, float], entity: str = "") -> None:
+    def question(self, t: int, event_id: str, x: Features, entity: str = "") -> None:
         self.order.add_question(t, (event_id, x, entity))
 
-    def label(self, t: int, event_id: str, y: float, source: str = "outcome") -> None:
-        self.order.add_answer(t, (event_id, y, source))
+    def label(self, t: int, event_id: str, y: float, source: str = "outcome",
+              where: Any = None) -> None:
+        """A label due at `t`; `where` returns in the Outcome if it is rejected."""
+        self.order.add_answer(t, (event_id, y, source, where))
 
     def step(self) -> list[Outcome]:
         """Feed the head what may go out now; what the stream must act on."""
@@ -54,8 +57,8 @@ class Trainer:
                 event_id, x, entity = payload
                 head.ask(event_id, t, x, entity)
             else:
-                event_id, y, source = payload
-                out += head.answer(event_id, t, y, source)
+                event_id, y, source, where = payload
+                out += head.answer(event_id, t, y, source, where)
             if head.config.negative_window_ms or t - self._swept > head.config.horizon_ms // 8:
                 out += head.advance(t)
                 self._swept = t

@@ -326,9 +326,10 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving
             for attempt in range(SEND_ATTEMPTS):  # a broker away: Faust would ack and lose
                 try:
                     pending: list[asyncio.Future[object]] = []
-                    for served, tables in routed.groups.values():
+                    for fam, (served, tables) in routed.groups.items():
+                        head = serving.head(fam)  # taken once: a swap lands between batches
                         for t in chunks(tables, settings.infer_max_rows):
-                            pending += await infer_batch(t, served, outbox, settings)
+                            pending += await infer_batch(t, served, outbox, settings, head)
                     await asyncio.gather(*pending)
                     break
                 except KafkaError as exc:

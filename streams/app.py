@@ -17,9 +17,10 @@ from models.registry import Registry
 from streams.agents import wire_agents
 from streams.gaps import Gaps
 from streams.ingest import Ingest
+from streams.learn import Learn
 from streams.logs import json_logging_config
 from streams.outbox import Outbox
-from streams.serving import ModelUpdates, Serving, describe
+from streams.serving import ModelUpdates, Serving, describe, describe_heads
 from streams.settings import Settings
 from streams.topics import commit_unstarted, ensure_topics
 
@@ -39,6 +40,7 @@ class HeadwaterApp(faust.App):
     ingest: Ingest
     serving: Serving
     model_updates: ModelUpdates
+    learn: Learn
     gaps: list[Gaps]
 
     def readiness(self) -> dict[str, Any]:
@@ -48,6 +50,8 @@ class HeadwaterApp(faust.App):
             "agent_partitions": sorted(f"{tp.topic}:{tp.partition}"
                                        for tp in self.consumer.assignment()),
             "models": describe(self.serving),
+            "heads": describe_heads(self.serving),
+            "learning": self.learn.trainers is not None,
             # TableManager has `recovery`; the TableManagerT protocol does not declare it
             "state_recovered": self.tables.recovery.completed.is_set(),  # type: ignore[attr-defined]
         }
@@ -75,6 +79,8 @@ class HeadwaterApp(faust.App):
         await super().on_started()
         await self.add_runtime_dependency(self.model_updates)
         await self.add_runtime_dependency(self.ingest)
+        if self.hw.learn:
+            await self.add_runtime_dependency(self.learn)
 
     async def on_stop(self) -> None:
         await super().on_stop()
@@ -117,6 +123,9 @@ def create_app(settings: Settings) -> HeadwaterApp:
     app.serving = Serving(Registry(settings.registry_dir), settings.served_models(),
                           settings.device, settings.torch_threads, settings.precision)
     app.model_updates = ModelUpdates(settings, app.serving)
+    app.learn = Learn(settings, app.outbox, {
+        m: fam for m, fam in ((settings.sensor_model, "sensor"),
+                              (settings.engagement_model, "engagement")) if m})
     app.gaps = wire_agents(app, settings, app.outbox, app.serving)
 
     # faust's App.timer returns a bare Callable, which mypy --strict calls untyped

@@ -7,6 +7,7 @@ tables, so it is tested without a broker.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,15 +22,17 @@ from schemas.events import ARROW, JSON, headers
 from schemas.predictions import predictions_json
 from streams.metrics import BATCH_ROWS, END_TO_END_SECONDS, EVENTS, STAGE_SECONDS, UNSCORED
 from streams.outbox import now_ms
-from streams.serving import Served, Serving, family
+from streams.serving import Served, ServedHead, Serving, family
 from streams.settings import Settings
 
-__all__ = ["Routed", "chunks", "infer_batch", "route"]
+__all__ = ["QUESTION_HEADERS", "Routed", "chunks", "head_columns", "infer_batch", "route"]
 
 log = logging.getLogger(__name__)
 
 JSON_HEADERS = headers(JSON, "prediction.v1")
 ARROW_HEADERS = headers(ARROW, "prediction.v1")
+QUESTION_HEADERS = headers(ARROW, "head-question.v1")
+DEEP_SCORE = "deep_score"
 
 
 class Sender(Protocol):
@@ -103,9 +106,11 @@ def chunks(tables: list[pa.Table], max_rows: int) -> list[pa.Table]:
     return [whole.slice(i, max_rows) for i in range(0, whole.num_rows, max_rows)]
 
 
-async def infer_batch(t: pa.Table, served: Served, outbox: Sender, settings: Settings
-                      ) -> list[Any]:
-    """Score one micro-batch, send its predictions, dead-letter rows it cannot score."""
+async def infer_batch(t: pa.Table, served: Served, outbox: Sender, settings: Settings,
+                      served_head: ServedHead | None = None) -> list[Any]:
+    """Score one micro-batch, send its predictions, dead-letter rows it cannot score;
+    with the learn stage on, the online head `served_head` scores on top, and the rows
+    go to the training topic as questions."""
     topic = settings.topic("predictions")
     started = time.perf_counter()
     model = served.model
@@ -125,6 +130,14 @@ async def infer_batch(t: pa.Table, served: Served, outbox: Sender, settings: Set
                 raw=t.column("event_id")[row].as_py().encode()))
         t, x = t.filter(pa.array(~bad)), x[~bad]
     scores = served.scorer.score(x)
+    fam = family(served.feature_set)
+    ids = len(model.manifest.get("id_columns") or [])
+    head = None
+    if settings.learn and served_head is not None:
+        cols = head_columns(served_head.features, model.feature_names, ids)
+        inputs = np.column_stack([scores.probability if j < 0 else x[:, j] for j in cols]) \
+            if t.num_rows else np.empty((0, len(cols)))
+        head = (served_head.version, served_head.scorer(inputs))
     predict_time = now_ms()
     if settings.predictions_format == "arrow":
         keep = [c for c in ("event_id", "entity_id", "item_id", "event_time", "source_time",
@@ -134,18 +147,68 @@ async def infer_batch(t: pa.Table, served: Served, outbox: Sender, settings: Set
                           ("uncertainty", scores.uncertainty), ("variance", scores.variance)):
             out = out.append_column(name, pa.array(col, pa.float64()))
         out = out.append_column("model_version", pa.array([model.version] * t.num_rows))
+        out = out.append_column("head_probability", pa.array(
+            head[1] if head else [None] * t.num_rows, pa.float64(), from_pandas=True))
+        out = out.append_column("head_version", pa.array(
+            [head[0] if head else None] * t.num_rows, pa.int64()))
         out = out.append_column("predict_time", pa.array([predict_time] * t.num_rows))
         pending.append(await outbox.send(topic, write_ipc(out), headers=ARROW_HEADERS))
     else:
         values = predictions_json(t, scores.probability, scores.uncertainty, scores.variance,
-                                  (model.name, model.version), predict_time)
+                                  (model.name, model.version), predict_time, head)
         pending += await outbox.send_keyed(topic, t.column("entity_id").to_pylist(), values,
                                            JSON_HEADERS)
+    if settings.learn and t.num_rows:
+        pending.append(await outbox.send(
+            settings.topic("training"), write_ipc(questions(t, x[:, ids:], scores.probability,
+                                                            model, fam, settings)),
+            partition=0, headers=QUESTION_HEADERS))
     _observe_latency(t, predict_time)
     EVENTS.labels("infer").inc(t.num_rows)
     BATCH_ROWS.labels("infer").observe(t.num_rows)
     STAGE_SECONDS.labels("infer").observe(time.perf_counter() - started)
     return pending
+
+
+def head_columns(features: list[str], model_features: list[str], ids: int) -> list[int]:
+    """Where each input of a head is in the deep model's collated matrix (-1: the deep
+    score). A head fed other features than the model's is a settings error.
+
+    >>> head_columns(["b", "deep_score"], ["a", "b"], 1)
+    [2, -1]
+    """
+    at = {n: j for j, n in enumerate(model_features, start=ids)}
+    missing = [n for n in features if n != DEEP_SCORE and n not in at]
+    if missing:
+        raise ValueError(f"the head learns on {missing[:3]}, which the model does not take")
+    return [-1 if n == DEEP_SCORE else at[n] for n in features]
+
+
+def head_features(names: list[str], patterns: str) -> list[str]:
+    """The model features a head learns on (`head_features` setting), then the deep score.
+
+    >>> head_features(["t.last", "t.mean_1m", "h.last"], "*.last")
+    ['t.last', 'h.last', 'deep_score']
+    """
+    if patterns.strip() == "all":
+        return [*names, DEEP_SCORE]
+    globs = [p.strip() for p in patterns.split(",") if p.strip()]
+    return [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)] + [DEEP_SCORE]
+
+
+def questions(t: pa.Table, x: np.ndarray, deep: np.ndarray, model: Any, fam: str,
+              settings: Settings) -> pa.Table:
+    """The rows of a scored batch as the learn stage's questions: ids, event time, the
+    head's features (as the deep model saw them: float32) and the deep score."""
+    names = head_features(list(model.feature_names), settings.head_features)
+    at = {n: j for j, n in enumerate(model.feature_names)}
+    cols: dict[str, Any] = {"event_id": t.column("event_id"),
+                            "entity_id": t.column("entity_id"),
+                            "event_time": t.column("event_time")}
+    for n in names[:-1]:
+        cols[n] = pa.array(x[:, at[n]], pa.float32())
+    cols[DEEP_SCORE] = pa.array(deep, pa.float64())
+    return pa.table(cols, metadata={"model": model.name, "family": fam})
 
 
 def _observe_latency(t: pa.Table, predict_time: int, most: int = 64) -> None:

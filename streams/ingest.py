@@ -26,6 +26,7 @@ from mode import Service
 from schemas.codec import Record, Rejected, SensorBatchBuilder, write_ipc
 from schemas.engagement_codec import EngagementBatchBuilder
 from schemas.events import ARROW, headers
+from schemas.label_codec import LabelBatchBuilder
 from streams.metrics import BATCH_ROWS, CONSUMER_LAG, EVENTS, STAGE_SECONDS
 from streams.outbox import Outbox, now_ms
 from streams.settings import Settings
@@ -55,8 +56,9 @@ class Route:
     """Where one input topic's events go, and how they are decoded."""
 
     target: str
-    builder: Callable[[], Builder]
+    builder: Callable[[int], Builder]  # of the source partition
     headers: list[tuple[str, bytes]]
+    partition: int | None = None  # of the target; None: the source partition
 
 
 class Ingest(Service):
@@ -68,12 +70,16 @@ class Ingest(Service):
         self.outbox = outbox
         self.routes = {
             settings.topic("sensor-events"): Route(
-                settings.topic("sensor-batches"), SensorBatchBuilder,
+                settings.topic("sensor-batches"), lambda _: SensorBatchBuilder(),
                 headers(ARROW, "sensor-event.v1")),
             settings.topic("engagement-events"): Route(
-                settings.topic("engagement-batches"), EngagementBatchBuilder,
+                settings.topic("engagement-batches"), lambda _: EngagementBatchBuilder(),
                 headers(ARROW, "engagement-event.v1")),
         }
+        if settings.learn:  # labels go to the learner's single-partition training topic
+            self.routes[settings.topic("labels")] = Route(
+                settings.topic("training"), LabelBatchBuilder, headers(ARROW, "label.v1"),
+                partition=0)
         self.group = f"{settings.app_id}-ingest"
         self.consumer: AIOKafkaConsumer | None = None
         self._in_flight: asyncio.Queue[tuple[list[asyncio.Future[object]], Offsets]] = \
@@ -134,13 +140,13 @@ class Ingest(Service):
         offsets: dict[TopicPartition, int] = {}
         for tp, records in polled.items():
             route = self.routes[tp.topic]
-            builder = route.builder()
+            builder = route.builder(tp.partition)
             ingest_time = now_ms()
             try:
                 rejected = builder.add_records(records, ingest_time)
             except Exception:  # a codec bug must not stop the stream: go one by one
                 log.exception("ingest: decoding a poll failed; retrying message by message")
-                builder, rejected = route.builder(), []
+                builder, rejected = route.builder(tp.partition), []
                 for i, rec in enumerate(records):
                     try:
                         rejected += [(i, r) for _, r in builder.add_records([rec], ingest_time)]
@@ -154,7 +160,8 @@ class Ingest(Service):
             if len(builder):
                 batch = builder.build()
                 pending.append(await self.outbox.send(
-                    route.target, write_ipc(batch), partition=tp.partition,
+                    route.target, write_ipc(batch),
+                    partition=tp.partition if route.partition is None else route.partition,
                     headers=route.headers))
                 EVENTS.labels("ingest").inc(batch.num_rows)
                 BATCH_ROWS.labels("ingest").observe(batch.num_rows)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["BATCH_ROWS", "CONSUMER_LAG", "DEAD_LETTERS", "DUPLICATES", "END_TO_END_SECONDS",
-           "EVENTS", "MODEL_SWAPS", "MODEL_VERSION", "OFFSET_GAPS", "REPLAYED", "STAGE_SECONDS",
+__all__ = ["BATCH_ROWS", "CONSUMER_LAG", "DEAD_LETTERS", "DRIFT_ALERTS", "DUPLICATES",
+           "END_TO_END_SECONDS", "EVENTS", "HEAD_LABELS", "HEAD_METRIC", "HEAD_VERSION",
+           "MODEL_SWAPS", "MODEL_VERSION", "OFFSET_GAPS", "REPLAYED", "STAGE_SECONDS",
            "STATE_RESETS", "UNSCORED"]
 
 EVENTS = Counter("headwater_events_total", "Events processed, by agent", ["agent"])
@@ -38,3 +39,13 @@ UNSCORED = Counter("headwater_unscored_rows_total",
 STATE_RESETS = Counter("headwater_state_resets_total",
                        "Stored states dropped because other feature code or settings wrote them",
                        ["agent"])
+HEAD_VERSION = Gauge("headwater_head_version",
+                     "Online head version (labels learned): learned by learn, served by infer",
+                     ["head", "role"])
+HEAD_LABELS = Counter("headwater_head_labels_total",
+                      "Labels and asked events of each online head, by outcome "
+                      "(learned, duplicate, unmatched, stale, bad-value, unlabelled, implicit, "
+                      "evicted)", ["head", "outcome"])
+HEAD_METRIC = Gauge("headwater_prequential", "Prequential metric of each online head",
+                    ["head", "metric", "window"])
+DRIFT_ALERTS = Counter("headwater_drift_alerts_total", "Drift alerts raised", ["head"])

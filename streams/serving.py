@@ -17,8 +17,11 @@ and the last good model keeps serving.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import pickle
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,13 +32,19 @@ import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from mode import Service
 
+from models.head import HeadScorer
 from models.inference import BatchScorer, collate, pick_device
 from models.registry import LoadedModel, Registry, RegistryError
-from schemas.events import ModelUpdate
-from streams.metrics import MODEL_SWAPS, MODEL_VERSION
+from schemas.codec import header
+from schemas.events import HeadSnapshot, ModelUpdate
+from streams.metrics import HEAD_VERSION, MODEL_SWAPS, MODEL_VERSION
 from streams.settings import Settings
+from streams.topics import MAX_MESSAGE_BYTES
 
-__all__ = ["ModelUpdates", "Served", "Serving", "family", "publish_promotion"]
+__all__ = ["HEAD_SNAPSHOT", "ModelUpdates", "Served", "ServedHead", "Serving", "describe",
+           "describe_heads", "family", "head_from_snapshot", "publish_promotion"]
+
+HEAD_SNAPSHOT = b"head-snapshot.v1"
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +67,24 @@ class Served:
         return fs
 
 
+@dataclass(frozen=True)
+class ServedHead:
+    """One online head's learner as infer serves it (a snapshot from the learn stage)."""
+
+    name: str
+    model: str  # the deep model it sits on
+    version: int
+    features: list[str]  # its inputs, in order: feature names, then `deep_score`
+    scorer: HeadScorer
+
+
+def head_from_snapshot(snap: HeadSnapshot) -> ServedHead:
+    """Unpickle a snapshot's learner (slow for a forest: call it off the event loop)."""
+    learner = pickle.loads(zlib.decompress(base64.b64decode(snap.state_b64)))
+    return ServedHead(snap.name, snap.model, snap.version, list(snap.features),
+                      HeadScorer(learner, list(snap.features)))
+
+
 class Serving:
     """The served models by feature-set family. Readers take `get()` once per micro-batch."""
 
@@ -70,6 +97,21 @@ class Serving:
         self.precision = precision
         self.device: torch.device | None = None
         self._by_family: dict[str, Served] = {}
+        self._heads: dict[str, ServedHead] = {}
+
+    def head(self, family_name: str) -> ServedHead | None:
+        """The online head served on top of `family_name`'s deep model, if any yet."""
+        return self._heads.get(family_name)
+
+    def serve_head(self, family_name: str, head: ServedHead) -> bool:
+        """Serve `head` unless this family already serves that version or a later one
+        (snapshots only move forward); True if it now serves it."""
+        held = self._heads.get(family_name)
+        if held is not None and held.version >= head.version:
+            return False
+        self._heads[family_name] = head
+        HEAD_VERSION.labels(head.name, "served").set(head.version)
+        return True
 
     def start(self) -> None:
         """Pick the device and serve each named model's promoted version (idempotent).
@@ -182,18 +224,63 @@ class ModelUpdates(Service):
         registry promote` moves the registry first and announces second, so no promotion
         falls between the two."""
         self.consumer = AIOKafkaConsumer(**self.settings.kafka_options(), group_id=None,
-                                         enable_auto_commit=False, fetch_max_wait_ms=100)
+                                         enable_auto_commit=False, fetch_max_wait_ms=100,
+                                         auto_offset_reset="earliest",
+                                         max_partition_fetch_bytes=MAX_MESSAGE_BYTES)
         await self.consumer.start()
         topic = self.settings.topic("model-updates")
         tps = [TopicPartition(topic, p) for p in await self._partitions(topic)]
         self.consumer.assign(tps)
-        for tp, end in (await self.consumer.end_offsets(tps)).items():
-            self.consumer.seek(tp, end)
+        ends = await self.consumer.end_offsets(tps)
         self.serving.start()
+        await self._latest_heads(tps, ends)
+        for tp, end in ends.items():
+            self.consumer.seek(tp, end)
         for name in self.serving.names:  # infer may have loaded them before that point
             current = self.serving.registry.current(name)
             if self.serving.version_of(name) != current:
                 await self.serving.swap(name, current)
+
+    async def _latest_heads(self, tps: list[TopicPartition], ends: dict[TopicPartition, int]
+                            ) -> None:
+        """Serve the latest snapshot of each online head already on the topic (the
+        registry, not the topic, says which deep model versions are current)."""
+        assert self.consumer is not None
+        if not self.settings.learn:
+            return
+        latest: dict[str, Any] = {}
+        await self.consumer.seek_to_beginning(*tps)
+        while not await self._reached(ends):
+            polled = await self.consumer.getmany(timeout_ms=500)
+            for records in polled.values():
+                for r in records:
+                    if r.offset < ends[TopicPartition(r.topic, r.partition)] and \
+                            header(r.headers, "schema") == HEAD_SNAPSHOT:
+                        latest[(r.key or b"").decode(errors="replace")] = r.value
+        for raw in latest.values():
+            await self._apply_head(raw)
+
+    async def _reached(self, ends: dict[TopicPartition, int]) -> bool:
+        assert self.consumer is not None
+        for tp, end in ends.items():
+            if await self.consumer.position(tp) < end:
+                return False
+        return True
+
+    async def _apply_head(self, raw: bytes | None) -> None:
+        """Serve the head snapshot in `raw` if it is newer than the one served."""
+        try:
+            snap = HeadSnapshot(**orjson.loads(raw or b""))
+            head = await asyncio.to_thread(head_from_snapshot, snap)
+        except Exception as exc:  # a bad snapshot must not stop the worker
+            MODEL_SWAPS.labels("head", "refused").inc()
+            log.error("ignored a head snapshot that does not load (%r)", exc)
+            return
+        if self.serving.get(snap.family) is None:
+            return  # a head on a deep model this worker does not serve
+        if self.serving.serve_head(snap.family, head):
+            MODEL_SWAPS.labels(snap.name, "swapped").inc()
+            log.debug("serving head %s v%d", snap.name, snap.version)
 
     async def _partitions(self, topic: str) -> list[int]:
         assert self.consumer is not None
@@ -225,6 +312,10 @@ class ModelUpdates(Service):
             polled = await self.consumer.getmany(timeout_ms=200)
             for records in polled.values():
                 for r in records:
+                    if header(r.headers, "schema") == HEAD_SNAPSHOT:
+                        if self.settings.learn:
+                            await self._apply_head(r.value)
+                        continue
                     u = self._parse(r.value)
                     if u is None:
                         continue
@@ -238,3 +329,8 @@ class ModelUpdates(Service):
 def describe(serving: Serving) -> dict[str, Any]:
     """What /ready reports about the served models."""
     return {s.feature_set: f"{s.model.name} v{s.model.version}" for s in serving.served()}
+
+
+def describe_heads(serving: Serving) -> dict[str, str]:
+    """What /ready reports about the online heads infer serves (none until one learned)."""
+    return {fam: f"{h.name} v{h.version}" for fam, h in serving._heads.items()}  # noqa: SLF001

@@ -22,8 +22,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.engagement import EngagementConfig
 from models.features import SensorConfig, parse_duration
+from models.head import HeadConfig
 
-__all__ = ["TOPICS", "Settings"]
+__all__ = ["SINGLE_PARTITION", "TOPICS", "Settings"]
 
 _ROOT = Path(__file__).resolve().parent.parent
 #: state lives in the checkout's git-ignored .cache/, or in ~/.cache/headwater when installed
@@ -44,7 +45,11 @@ TOPICS = (
     "metrics",
     "alerts",
     "dead-letters",
+    "training",
+    "checkpoints",
 )
+#: topics with one partition whatever `partitions` says: the learn stage's single writer
+SINGLE_PARTITION = frozenset({"training", "checkpoints"})
 
 
 class Settings(BaseSettings):
@@ -104,6 +109,33 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     torch_threads: int = Field(1, ge=1, description="PyTorch CPU threads in the worker")
 
+    # -- online learning (the learn stage) ------------------------------------------
+    learn: bool = Field(True, description="Run the online heads (learn) and serve them (infer)")
+    head_spec: str = Field("StandardScaler | LogisticRegression",
+                           description="river learner of each online head (models.online)")
+    head_features: str = Field(
+        "all", description="Features the heads learn on besides the deep score: all, or "
+        "comma-separated glob patterns such as *.last,*.z_15m")
+    head_horizon: str = Field("1h", description="How long features wait for their label")
+    head_rolling: int = Field(1000, ge=1, description="Labels in the rolling metrics")
+    drift_detector: Literal["ADWIN", "PageHinkley", "none"] = Field(
+        "ADWIN", description="Drift detector on each head's errors")
+    drift_action: Literal["none", "reset", "boost-lr", "curate"] = Field(
+        "none", description="What a head does on drift (besides the alert)")
+    engagement_negative_window: str = Field(
+        "0s", description="An engagement event with no label within this becomes a "
+        "negative (0s: off)")
+    head_max_pending: int = Field(100_000, ge=1, description="Events kept for labels, at most")
+    learn_max_buffer: int = Field(20_000, ge=1,
+                                  description="Questions or labels held for ordering, at most")
+    learn_snapshot_updates: int = Field(1000, ge=1,
+                                        description="Publish a head after this many labels")
+    learn_snapshot_s: float = Field(5.0, gt=0, description="... or after this many seconds")
+    learn_report_s: float = Field(5.0, gt=0, description="Metrics report interval")
+    learn_checkpoint_s: float = Field(10.0, gt=0, description="Learner checkpoint interval")
+    learn_idle_flush_ms: int = Field(
+        2000, ge=1, description="Idle this long, the learner releases what it holds")
+
     # -- local broker (ops/) --------------------------------------------------------
     kafka_home: Path = Field(_CACHE / "kafka", description="Local broker files")
     kafka_port: int = Field(9092, description="Local broker port")
@@ -129,6 +161,19 @@ class Settings(BaseSettings):
                                for h in self.engagement_half_lives.split(",")),
             prior_alpha=self.engagement_prior[0], prior_beta=self.engagement_prior[1],
             positive_rating=self.positive_rating)
+
+    def head_config(self, family: str) -> HeadConfig:
+        """The online head of feature-set family `family` (`sensor`, `engagement`).
+
+        >>> Settings(head_horizon="10m").head_config("sensor").horizon_ms
+        600000
+        """
+        window = parse_duration(self.engagement_negative_window) \
+            if family == "engagement" else 0
+        return HeadConfig(spec=self.head_spec, horizon_ms=parse_duration(self.head_horizon),
+                          rolling=self.head_rolling, drift=self.drift_detector,
+                          drift_action=self.drift_action, negative_window_ms=window,
+                          max_pending=self.head_max_pending)
 
     def served_models(self) -> list[str]:
         """Registry names of the models the worker serves.

@@ -11,13 +11,16 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import OffsetAndMetadata
 
-from streams.settings import TOPICS, Settings
+from streams.settings import SINGLE_PARTITION, TOPICS, Settings
 
 __all__ = ["commit_unstarted", "drop_topics", "ensure_topics"]
 
 log = logging.getLogger(__name__)
 
-COMPACTED = {"model-updates"}
+COMPACTED = {"model-updates", "checkpoints"}
+#: head snapshots and learner checkpoints can be megabytes (a forest, the kept features)
+LARGE_MESSAGES = {"model-updates", "checkpoints"}
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 async def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS, *,
@@ -35,12 +38,15 @@ async def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS, *,
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = {settings.topic(n): (settings.partitions, n in COMPACTED) for n in names}
+        wanted = {settings.topic(n): (1 if n in SINGLE_PARTITION else settings.partitions,
+                                      n in COMPACTED) for n in names}
         wanted.update({full: (n, True) for full, n in (internal or {}).items()})
+        large = {settings.topic(n) for n in LARGE_MESSAGES}
         missing = [
             NewTopic(full, n, settings.replication,
                      topic_configs=({"cleanup.policy": "compact"} if compact
-                                    else {"retention.ms": str(settings.retention_ms)}))
+                                    else {"retention.ms": str(settings.retention_ms)})
+                     | ({"max.message.bytes": str(MAX_MESSAGE_BYTES)} if full in large else {}))
             for full, (n, compact) in wanted.items() if full not in existing
         ]
         created: list[str] = []

@@ -16,6 +16,7 @@ from models.datasets import shuttle
 from models.features import SensorConfig, sensor_features
 from models.inference import BatchScorer
 from models.registry import Registry
+from schemas.codec import read_ipc
 from streams.infer import chunks, infer_batch
 from streams.serving import Served
 from streams.settings import Settings
@@ -47,12 +48,19 @@ def test_predictions_keep_input_order_and_bad_rows_go_to_dead_letters(
                           outbox, s)
 
     asyncio.run(run())
-    ids = [orjson.loads(v)["event_id"] for _, v, _ in outbox.sent]
+    ids = [orjson.loads(v)["event_id"] for topic, v, _ in outbox.sent
+           if topic == "x-predictions"]
     want = [e for i, e in enumerate(t.column("event_id").to_pylist()) if i != 7]
     assert ids == want
     assert [(a, r.reason, p, o) for a, r, p, o in outbox.dead] == [
         ("infer", "missing-feature", 3, 7)]
-    assert {topic for topic, _, _ in outbox.sent} == {"x-predictions"}
+    # and the scored rows, as the learn stage's questions: float32 features, deep score
+    [question] = [read_ipc(v) for topic, v, _ in outbox.sent if topic == "x-training"]
+    assert question.column("event_id").to_pylist() == want
+    assert question.schema.field("f3.mean_1m").type == pa.float32()
+    scored = [orjson.loads(v)["probability"] for topic, v, _ in outbox.sent
+              if topic == "x-predictions"]
+    assert question.column("deep_score").to_pylist() == scored
 
 
 def test_micro_batches_merge_small_and_split_large() -> None:
@@ -83,7 +91,8 @@ def test_column_wise_prediction_json_equals_orjson(
                             ('m"x', 3), 42)
     want = [{"event_id": e, "entity_id": k, "item_id": None, "probability": p,
              "uncertainty": u, "variance": u / 4,
-             "model_name": 'm"x', "model_version": 3, "head_version": None, "event_time": et,
+             "model_name": 'm"x', "model_version": 3, "head_version": None,
+             "head_probability": None, "event_time": et,
              "source_time": st_, "ingest_time": it, "predict_time": 42}
             for e, k, p, u, et, st_, it in rows]
     assert [orjson.loads(d) for d in docs] == want

@@ -8,7 +8,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from streams.settings import TOPICS, Settings
+from streams.settings import SINGLE_PARTITION, TOPICS, Settings
 from streams.topics import drop_topics, ensure_topics
 from tests.waiting import wait_for
 
@@ -30,7 +30,8 @@ def test_ensure_topics_is_idempotent(settings: Settings) -> None:
             await admin.close()
 
     parts = asyncio.run(describe())
-    assert {n for n, _ in parts.values()} == {settings.partitions}
+    assert {t: n for t, (n, _) in parts.items()} == {
+        settings.topic(t): 1 if t in SINGLE_PARTITION else settings.partitions for t in TOPICS}
 
 
 def test_internal_topics_are_compacted_and_visible_on_return(settings: Settings) -> None:
