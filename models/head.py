@@ -88,6 +88,10 @@ class Row:
 Features = dict[str, float] | Row
 
 
+class _Unasked:
+    """The prediction of an event asked lazily, not made yet."""
+
+
 @dataclass
 class _Asked:
     t: int
@@ -123,24 +127,35 @@ class Head:
         self._asked: OrderedDict[str, _Asked] = OrderedDict()  # in ask order
         self._waiting: OrderedDict[str, tuple[int, float, str, Any]] = OrderedDict()
         self._answered: OrderedDict[str, int] = OrderedDict()  # event id -> answer time
+        self._unasked: list[str] = []  # asked lazily, not predicted yet
 
     # -- the stream ------------------------------------------------------------------
 
-    def ask(self, event_id: str, t: int, x: Features, entity: str = "") -> Any:
-        """Predict for an event (before any of its label is learned) and keep it."""
+    def ask(self, event_id: str, t: int, x: Features, entity: str = "",
+            lazy: bool = False) -> Any:
+        """Predict for an event (before any of its label is learned) and keep it.
+
+        `lazy`: predict only when the model is about to change or the label comes (the
+        same prediction, since the model has not moved meanwhile), and return None: a
+        stream without labels then costs no predictions at all."""
         self._tick(t)
-        y_pred = self.predict(x.to_dict() if isinstance(x, Row) else x)
         self.counts["asked"] += 1
         if event_id in self._answered or event_id in self._asked:
             self.counts["duplicate"] += 1
-            return y_pred
+            return None if lazy else self.predict(x.to_dict() if isinstance(x, Row) else x)
+        y_pred: Any = _Unasked if lazy else \
+            self.predict(x.to_dict() if isinstance(x, Row) else x)
+        if lazy:
+            self._unasked.append(event_id)
+            if len(self._unasked) > 2 * self.config.max_pending:  # ids the horizon dropped
+                self._unasked = [e for e in self._unasked if e in self._asked]
         self._asked[event_id] = _Asked(t, x, y_pred, entity)
         if len(self._asked) > self.config.max_pending:
             self._asked.popitem(last=False)
             self.counts["evicted"] += 1
         if (w := self._waiting.pop(event_id, None)) is not None:
             self._learn(event_id, w[0], w[1])
-        return y_pred
+        return None if lazy else y_pred
 
     def answer(self, event_id: str, t: int, y: float, source: str = "outcome",
                where: Any = None) -> list[Outcome]:
@@ -225,7 +240,18 @@ class Head:
         if t > self.clock:
             self.clock = t
 
+    def _ask_pending(self) -> None:
+        """Predict for the lazily asked events, before the model changes."""
+        for event_id in self._unasked:
+            asked = self._asked.get(event_id)
+            if asked is not None and asked.y_pred is _Unasked:
+                x = asked.x
+                asked.y_pred = self.predict(x.to_dict() if isinstance(x, Row) else x)
+        self._unasked.clear()
+
     def _learn(self, event_id: str, t: int, y: float) -> list[Outcome]:
+        if self._unasked:
+            self._ask_pending()
         asked = self._asked.pop(event_id)
         self._answered[event_id] = t
         target: Any = bool(y) if self.task == "classification" else y

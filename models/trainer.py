@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import pickle
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 from models.head import Features, Head, Outcome
@@ -41,9 +42,22 @@ class Trainer:
         """A label due at `t`; `where` returns in the Outcome if it is rejected."""
         self.order.add_answer(t, (event_id, y, source, where))
 
-    def step(self) -> list[Outcome]:
-        """Feed the head what may go out now; what the stream must act on."""
-        return self._feed(self.order.ready())
+    def step(self, limit: int | None = None) -> list[Outcome]:
+        """Feed the head what may go out now (at most `limit` items: `more` says whether
+        some were left for the next call); what the stream must act on."""
+        fed = self._counting(islice(self.order.ready(), limit))
+        out = self._feed(fed)
+        self.more = limit is not None and self._fed == limit
+        return out
+
+    more = False
+    _fed = 0
+
+    def _counting(self, items: Iterable[Released]) -> Iterator[Released]:
+        self._fed = 0
+        for item in items:
+            self._fed += 1
+            yield item
 
     def flush(self) -> list[Outcome]:
         """Feed the head everything buffered (the end of a stream, or an idle one)."""
@@ -55,7 +69,7 @@ class Trainer:
         for kind, t, payload in released:
             if kind == "q":
                 event_id, x, entity = payload
-                head.ask(event_id, t, x, entity)
+                head.ask(event_id, t, x, entity, lazy=True)
             else:
                 event_id, y, source, where = payload
                 out += head.answer(event_id, t, y, source, where)
