@@ -148,13 +148,18 @@ def register_commands(app: HeadwaterApp) -> None:
         option("--format", "fmt", type=click.Choice(["json", "arrow"]), default="json"),
         option("--data", type=click.Path(file_okay=False), default=str(SHARED_DATA),
                help="Folder of the nab, uci-occupancy and movielens-100k datasets"),
+        option("--labels-delay", default=None,
+               help="Also send each event's outcome label to `labels`, due this long "
+                    "after it (e.g. 1m)"),
     )
     async def produce(self: AppCommand, dataset: str, topic: str | None, limit: int | None,
-                      rate: float, sensors: int, fmt: str, data: str) -> None:
+                      rate: float, sensors: int, fmt: str, data: str,
+                      labels_delay: str | None) -> None:
         """Replay a dataset into a topic in event-time order, with a progress bar."""
         from pathlib import Path
 
         from models import datasets
+        from models.features import parse_duration
         from streams.produce import produce_table
         from streams.topics import ensure_topics
 
@@ -173,8 +178,10 @@ def register_commands(app: HeadwaterApp) -> None:
         t = time.monotonic()
         with tqdm(total=table.num_rows, unit="ev", unit_scale=True, file=sys.stderr,
                   disable=None) as bar:
-            n = await produce_table(settings, table, settings.topic(topic), rate=rate,
-                                    fmt=fmt, progress=bar.update)
+            n = await produce_table(
+                settings, table, settings.topic(topic), rate=rate, fmt=fmt,
+                progress=bar.update, labels_delay_ms=None if labels_delay is None
+                else parse_duration(labels_delay))
         dt = time.monotonic() - t
         print(f"produced {n} {dataset} events to {settings.topic(topic)} "
               f"in {dt:.1f}s ({n / dt:,.0f}/s)")

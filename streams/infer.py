@@ -200,7 +200,8 @@ def questions(t: pa.Table, x: np.ndarray, deep: np.ndarray, model: Any, fam: str
               settings: Settings) -> pa.Table:
     """The rows of a scored batch as the learn stage's questions: ids, event time, the
     head's features (as the deep model saw them: float32) and the deep score."""
-    names = head_features(list(model.feature_names), settings.head_features)
+    names = head_features(list(model.feature_names), settings.engagement_head_features
+                          if fam == "engagement" else settings.sensor_head_features)
     at = {n: j for j, n in enumerate(model.feature_names)}
     cols: dict[str, Any] = {"event_id": t.column("event_id"),
                             "entity_id": t.column("entity_id"),

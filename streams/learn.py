@@ -19,6 +19,7 @@ that cannot be learned to `dead-letters` (with their source coordinates).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import pickle
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 LABEL_BATCH_HEADERS = headers(ARROW, "label.v1")
 FLUSH_HEADERS = headers(JSON, "learn-flush.v1")
 CHECKPOINT_HEADERS = headers("application/octet-stream", "learn-checkpoint.v1")
+STEP = 256  # questions and labels a head takes before the learner yields the event loop
 QUESTION = b"head-question.v1"
 LABELS = b"label.v1"
 FLUSH = b"learn-flush.v1"
@@ -239,7 +241,10 @@ class Learn(Service):
                 log.warning("learn: skipped a training message with schema %r at offset %d",
                             kind, record.offset)
             for m, trainer in self.trainers.items():
-                outcomes += [(m, o) for o in trainer.step()]
+                outcomes += [(m, o) for o in trainer.step(STEP)]
+                while trainer.more:  # the worker's other agents share this event loop
+                    await asyncio.sleep(0)
+                    outcomes += [(m, o) for o in trainer.step(STEP)]
         except (pa.ArrowInvalid, OSError, KeyError) as exc:  # never crash the learner
             await self.outbox.dead_letter(
                 "learn", Rejected("bad-training-message", repr(exc)[:300]),

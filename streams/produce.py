@@ -62,13 +62,44 @@ def sensor_json(t: pa.Table) -> list[bytes]:
     ]
 
 
+def outcome_labels(table: pa.Table, delay_ms: int, positive: float = 4.0
+                   ) -> list[tuple[int, str, bytes]]:
+    """(due time, event id, label.v1 JSON) of each event, due `delay_ms` after it, in due
+    order: a sensor table's `label` column, or whether an engagement event is a positive
+    (a rating of at least `positive`, a click or a purchase).
+
+    >>> t = pa.table({"event_id": ["a"], "event_time": [5], "label": [1]})
+    >>> outcome_labels(t, 10)[0][2]
+    b'{"event_id":"a","value":1,"source":"outcome","label_time":15}'
+    """
+    ids = table.column("event_id").to_pylist()
+    times = table.column("event_time").to_pylist()
+    if "label" in table.schema.names:
+        values = table.column("label").to_pylist()
+    else:
+        kinds, ratings = table.column("kind").to_pylist(), table.column("value").to_pylist()
+        values = [int(k in ("click", "purchase") or (k == "rating" and (r or 0) >= positive))
+                  for k, r in zip(kinds, ratings, strict=True)]
+    out = [(t + delay_ms, e, orjson.dumps({"event_id": e, "value": v, "source": "outcome",
+                                           "label_time": t + delay_ms}))
+           for e, t, v in zip(ids, times, values, strict=True) if v is not None]
+    return sorted(out, key=lambda x: x[0])
+
+
 async def produce_table(settings: Settings, table: pa.Table, topic: str, *, rate: float = 0,
                         fmt: str = "json", chunk: int = 2000,
-                        progress: Callable[[int], object] | None = None) -> int:
+                        progress: Callable[[int], object] | None = None,
+                        labels_delay_ms: int | None = None) -> int:
     """Send every row of `table` (in its order) to `topic`; returns the number sent.
 
-    `rate` is events per second (0: as fast as the broker takes them).
+    `rate` is events per second (0: as fast as the broker takes them). With
+    `labels_delay_ms`, each event's outcome label goes to `labels`, due that long after
+    the event and sent once the replay has passed its due time (the rest at the end).
     """
+    due = outcome_labels(table, labels_delay_ms, settings.positive_rating) \
+        if labels_delay_ms is not None else []
+    next_label = 0
+    labels_topic = settings.topic("labels")
     engagement = "user_id" in table.schema.names
     key, to_json = ("user_id", engagement_json) if engagement else ("sensor_id", sensor_json)
     schema = "engagement-event.v1" if engagement else "sensor-event.v1"
@@ -86,6 +117,15 @@ async def produce_table(settings: Settings, table: pa.Table, topic: str, *, rate
                 pending += await outbox.send_keyed(
                     topic, part.column(key).to_pylist(), to_json(part), headers(JSON, schema))
             sent += part.num_rows
+            if due:
+                now = pc.max(part.column("event_time")).as_py()
+                upto = next_label
+                while upto < len(due) and due[upto][0] <= now:
+                    upto += 1
+                pending += await outbox.send_keyed(
+                    labels_topic, [e for _, e, _ in due[next_label:upto]],
+                    [v for _, _, v in due[next_label:upto]], headers(JSON, "label.v1"))
+                next_label = upto
             if progress:
                 progress(part.num_rows)
             if len(pending) > 64:
@@ -95,6 +135,10 @@ async def produce_table(settings: Settings, table: pa.Table, topic: str, *, rate
                 ahead = sent / rate - (time.monotonic() - started)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
+        if next_label < len(due):
+            pending += await outbox.send_keyed(
+                labels_topic, [e for _, e, _ in due[next_label:]],
+                [v for _, _, v in due[next_label:]], headers(JSON, "label.v1"))
         await asyncio.gather(*pending)
     finally:
         await outbox.stop()

@@ -113,9 +113,13 @@ class Settings(BaseSettings):
     learn: bool = Field(True, description="Run the online heads (learn) and serve them (infer)")
     head_spec: str = Field("StandardScaler | LogisticRegression",
                            description="river learner of each online head (models.online)")
-    head_features: str = Field(
-        "all", description="Features the heads learn on besides the deep score: all, or "
-        "comma-separated glob patterns such as *.last,*.z_15m")
+    sensor_head_features: str = Field(
+        "*.last,*.z_15m", description="Sensor features the sensor head learns on besides "
+        "the deep score: all, or comma-separated glob patterns (a river head costs about "
+        "1.5 us per feature and label)")
+    engagement_head_features: str = Field(
+        "all", description="Engagement features the engagement head learns on besides the "
+        "deep score: all, or comma-separated glob patterns")
     head_horizon: str = Field("1h", description="How long features wait for their label")
     head_rolling: int = Field(1000, ge=1, description="Labels in the rolling metrics")
     drift_detector: Literal["ADWIN", "PageHinkley", "none"] = Field(

@@ -26,7 +26,7 @@ from models.online import build_learner
 from models.registry import Registry
 from models.training import train_sensor_model
 from streams.produce import sensor_json
-from streams.settings import Settings
+from streams.settings import SINGLE_PARTITION, Settings
 from tests.conftest import Worker
 from tests.waiting import wait_for
 
@@ -91,8 +91,8 @@ async def read_all(s: Settings, topic: str) -> list[Any]:
                                 auto_offset_reset="earliest")
     await consumer.start()
     try:
-        tps = [TopicPartition(s.topic(topic), p)
-               for p in consumer.partitions_for_topic(s.topic(topic)) or [0]]
+        n = 1 if topic in SINGLE_PARTITION else s.partitions
+        tps = [TopicPartition(s.topic(topic), p) for p in range(n)]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
@@ -146,6 +146,7 @@ def test_live_prequential_metrics_equal_rivers(settings: Settings, registry_dir:
                        epochs=1, members=2)
     s = settings.model_copy(update={
         "partitions": 1, "sensor_model": "elec2", "head_spec": SPEC, "head_horizon": "30d",
+        "sensor_head_features": "all",
         "drift_detector": "none", "learn_snapshot_s": 1.0, "learn_report_s": 0.5,
         "learn_idle_flush_ms": 1000})
     worker = Worker(s, tmp_path / "worker.log")
