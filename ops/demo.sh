@@ -5,6 +5,7 @@
 # the worker, and the broker if this script started it.
 #   DEMO_EVENTS  events to replay (default: all 49,097)
 #   DEMO_RATE    events/s (default 10000; 0 = as fast as possible)
+#   DEMO_LABELS_DELAY  each event's label is sent this much event time after it (1m)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$ROOT/ops/bootstrap.sh"
@@ -45,11 +46,22 @@ done
 curl -sf -o /dev/null "$metrics" || { echo "worker not ready after 60 s; see $log" >&2; exit 1; }
 
 since=$(( $(date +%s%N) / 1000000 ))
-"$hw" produce shuttle --limit "$events" --rate "$rate" 2>/dev/null &
+"$hw" produce shuttle --limit "$events" --rate "$rate" --labels-delay "${DEMO_LABELS_DELAY:-1m}" \
+  2>/dev/null &
 producer=$!
 "$hw" watch --since-ms "$since" --expect "$events" --idle 60 2>/dev/null
 wait "$producer"
 dead=$(curl -sf "$metrics" |
        awk '/^headwater_dead_letters_total/ {s += $2} END {print s + 0}' || echo "?")
 echo "dead letters: $dead (bad input goes to ${HEADWATER_TOPIC_PREFIX}dead-letters)"
+# the online head learns from the labels as they come (test-then-train); its metrics are
+# on `metrics` and /metrics, reported every HEADWATER_LEARN_REPORT_S
+for _ in $(seq 1 100); do  # until the head has learned every label, at most 20 s
+  learned=$(curl -sf "$metrics" | awk '/^headwater_head_labels_total\{.*outcome="learned"/ {s += $2}
+                                      END {print s + 0}' || echo 0)
+  [ "${learned%.*}" -ge "$events" ] && break
+  sleep 0.2
+done
+curl -sf "$metrics" | awk '/^headwater_(prequential|head_version)\{/ {
+  sub(/^headwater_/, ""); printf "  %s\n", $0 }' | sort || true
 echo "demo done: worker and broker stop now"
