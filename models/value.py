@@ -136,6 +136,7 @@ class _Probe(Head):
 
     # signatures pass through whatever else Head takes: Head's are Head's to change
     def ask(self, event_id: str, *args: Any, **kwargs: Any) -> Any:
+        kwargs["lazy"] = False  # the probe keeps each prediction as it is made
         y_pred = super().ask(event_id, *args, **kwargs)
         self.predicted[event_id] = float(y_pred.get(True, 0.0)) if y_pred else 0.5
         return y_pred

@@ -57,7 +57,8 @@ def test_predictions_keep_input_order_and_bad_rows_go_to_dead_letters(
     # and the scored rows, as the learn stage's questions: float32 features, deep score
     [question] = [read_ipc(v) for topic, v, _ in outbox.sent if topic == "x-training"]
     assert question.column("event_id").to_pylist() == want
-    assert question.schema.field("f3.mean_1m").type == pa.float32()
+    assert question.schema.field("f3.last").type == pa.float32()  # *.last,*.z_15m
+    assert "f3.mean_1m" not in question.schema.names
     scored = [orjson.loads(v)["probability"] for topic, v, _ in outbox.sent
               if topic == "x-predictions"]
     assert question.column("deep_score").to_pylist() == scored
