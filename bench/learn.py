@@ -47,18 +47,10 @@ sys.path.insert(0, str(ROOT))
 
 from models.datasets import ELEC2_READINGS, elec2  # noqa: E402
 from models.head import Head, HeadConfig  # noqa: E402
-from models.online import build_learner, task_of  # noqa: E402
+from models.online import EXAMPLE_SPECS, build_learner, task_of  # noqa: E402
 from models.trainer import Trainer  # noqa: E402
 
-SPECS = (
-    "StandardScaler | LogisticRegression",
-    "LogisticRegression(optimizer=SGD(0.05))",
-    "HoeffdingAdaptiveTreeClassifier(seed=1)",
-    "ARFClassifier(n_models=3, seed=1)",
-    "StandardScaler | LinearRegression",
-    "HoeffdingAdaptiveTreeRegressor(seed=1)",
-    "GaussianNB",
-)
+SPECS = EXAMPLE_SPECS
 TARGET = 0.8  # headwater's labels/s over river's, at least
 
 

@@ -23,7 +23,8 @@ from typing import Any, Literal
 
 from river import base, compose, forest, linear_model, naive_bayes, optim, preprocessing, tree
 
-__all__ = ["LEARNERS", "Task", "boost_learning_rate", "build_learner", "task_of"]
+__all__ = ["EXAMPLE_SPECS", "LEARNERS", "Task", "boost_learning_rate", "build_learner",
+           "task_of"]
 
 Task = Literal["classification", "regression"]
 
@@ -41,6 +42,16 @@ LEARNERS: dict[str, Callable[..., base.Estimator]] = {
     "ARFClassifier": forest.ARFClassifier,
     "ARFRegressor": forest.ARFRegressor,
 }
+#: one spec of each kind of learner: the tests check them all, the benchmark times them
+EXAMPLE_SPECS = (
+    "StandardScaler | LogisticRegression",
+    "LogisticRegression(optimizer=SGD(0.05))",
+    "HoeffdingAdaptiveTreeClassifier(seed=1)",
+    "ARFClassifier(n_models=3, seed=1)",
+    "StandardScaler | LinearRegression",
+    "HoeffdingAdaptiveTreeRegressor(seed=1)",
+    "GaussianNB",
+)
 OPTIMIZERS: dict[str, Callable[..., optim.base.Optimizer]] = {
     "SGD": optim.SGD, "Adam": optim.Adam, "AdaGrad": optim.AdaGrad, "RMSProp": optim.RMSProp}
 

@@ -17,6 +17,9 @@ run="$(date +%s)"
 export HEADWATER_TOPIC_PREFIX="${HEADWATER_TOPIC_PREFIX-demo-$run-}"
 export HEADWATER_APP_ID="${HEADWATER_APP_ID:-headwater-demo-$run}"
 events="${DEMO_EVENTS:-49097}"
+# shuttle events are one second apart in event time, and at 10,000 events/s the four
+# partitions drift hours apart: a label waits for its event's features up to the horizon
+export HEADWATER_HEAD_HORIZON="${HEADWATER_HEAD_HORIZON:-1d}"
 rate="${DEMO_RATE:-10000}"
 mkdir -p .cache
 

@@ -42,39 +42,29 @@ CHECKPOINTS = 'headwater_stage_seconds_count{stage="learn-checkpoint"}'
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "elec2"
 
 
-async def produce(s: Settings, events: pa.Table, labels_due_by: int | None = None) -> None:
-    """The events as JSON sensor events, then their labels (due `DELAY_MS` after each
-    event) as JSON labels; only labels due by `labels_due_by`, when given."""
+async def produce(s: Settings, events: pa.Table, labels_due_by: int | None = None,
+                  labels_first: tuple[tuple[str, int, int], ...] = ()) -> None:
+    """`labels_first` as JSON labels, then the events as JSON sensor events, then their
+    labels (due `DELAY_MS` after each event; only those due by `labels_due_by`, when
+    given)."""
     producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=5)
     await producer.start()
+
+    async def send_labels(rows: list[tuple[str, int, int]]) -> None:
+        for e, t, y in rows:
+            label = {"event_id": e, "value": y, "source": "outcome", "label_time": t}
+            await producer.send(s.topic("labels"), orjson.dumps(label), key=e.encode(),
+                                headers=LABEL_H)
+
     try:
+        await send_labels(list(labels_first))
         for v in sensor_json(events):
             await producer.send(s.topic("sensor-events"), v, key=b"elec2", headers=JSON_H)
-        for e, t, y in labels(events):
-            if labels_due_by is None or t <= labels_due_by:
-                label = {"event_id": e, "value": y, "source": "outcome", "label_time": t}
-                await producer.send(s.topic("labels"), orjson.dumps(label), key=e.encode(),
-                                    headers=LABEL_H)
+        await send_labels([r for r in labels(events)
+                           if labels_due_by is None or r[1] <= labels_due_by])
         await producer.flush()
     finally:
         await producer.stop()
-
-
-async def produce_labels_then(s: Settings, half: pa.Table, rest: pa.Table, last: int
-                              ) -> None:
-    """The first half's late labels, then the second half with its labels."""
-    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        for e, t, y in labels(half):
-            if t > last:
-                label = {"event_id": e, "value": y, "source": "outcome", "label_time": t}
-                await producer.send(s.topic("labels"), orjson.dumps(label), key=e.encode(),
-                                    headers=LABEL_H)
-        await producer.flush()
-    finally:
-        await producer.stop()
-    await produce(s, rest)
 
 
 def labels(events: pa.Table) -> list[tuple[str, int, int]]:
@@ -179,7 +169,8 @@ def test_live_prequential_metrics_equal_rivers(settings: Settings, registry_dir:
             worker.wait_ready()
             wait_for(lambda: serves_a_head(s), 60, "infer serving the head again")
         rest = events.slice(N // 2)
-        asyncio.run(produce_labels_then(s, half, rest, last))
+        # the first half's late labels, then the second half with its labels
+        asyncio.run(produce(s, rest, labels_first=tuple(r for r in labels(half) if r[1] > last)))
         wait_for(lambda: (r := final_report(s)) is not None and r["labels"] == N, 240,
                  f"a metrics report of all {N} labels (log: {worker.log})", interval=1.0)
         assert worker.running()

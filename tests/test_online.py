@@ -17,17 +17,9 @@ import pytest
 from river import checks, compose, linear_model, optim
 
 from models.head import Head, HeadConfig, Outcome
-from models.online import boost_learning_rate, build_learner, task_of
+from models.online import EXAMPLE_SPECS, boost_learning_rate, build_learner, task_of
 
-SPECS = [
-    "StandardScaler | LogisticRegression",
-    "LogisticRegression(optimizer=SGD(0.05))",
-    "HoeffdingAdaptiveTreeClassifier(seed=1)",
-    "ARFClassifier(n_models=3, seed=1)",
-    "StandardScaler | LinearRegression",
-    "HoeffdingAdaptiveTreeRegressor(seed=1)",
-    "GaussianNB",
-]
+SPECS = EXAMPLE_SPECS
 
 # The checks skipped, each for a reason that is river's, never our factory's. A check
 # that river's `_unit_test_skips()` names but that is not listed here is run anyway:
