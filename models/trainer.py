@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pickle
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from itertools import islice
 from typing import Any
 
@@ -33,6 +33,8 @@ class Trainer:
         self.head = head
         self.order = QAOrder(max_buffer)
         self.names: tuple[str, ...] = ()  # the features of the questions, once seen
+        self.more = False  # the last step stopped at its limit: more may be ready
+        self._swept = -(1 << 62)  # stream time of the last horizon sweep
 
     def question(self, t: int, event_id: str, x: Features, entity: str = "") -> None:
         self.order.add_question(t, (event_id, x, entity))
@@ -45,28 +47,21 @@ class Trainer:
     def step(self, limit: int | None = None) -> list[Outcome]:
         """Feed the head what may go out now (at most `limit` items: `more` says whether
         some were left for the next call); what the stream must act on."""
-        fed = self._counting(islice(self.order.ready(), limit))
-        out = self._feed(fed)
-        self.more = limit is not None and self._fed == limit
+        out, fed = self._feed(islice(self.order.ready(), limit))
+        self.more = limit is not None and fed == limit
         return out
-
-    more = False
-    _fed = 0
-
-    def _counting(self, items: Iterable[Released]) -> Iterator[Released]:
-        self._fed = 0
-        for item in items:
-            self._fed += 1
-            yield item
 
     def flush(self) -> list[Outcome]:
         """Feed the head everything buffered (the end of a stream, or an idle one)."""
-        return self._feed(self.order.flush())
+        return self._feed(self.order.flush())[0]
 
-    def _feed(self, released: Iterable[Released]) -> list[Outcome]:
+    def _feed(self, released: Iterable[Released]) -> tuple[list[Outcome], int]:
+        """Hand each released item to the head; its outcomes and how many there were."""
         out: list[Outcome] = []
         head = self.head
+        fed = 0
         for kind, t, payload in released:
+            fed += 1
             if kind == "q":
                 event_id, x, entity = payload
                 head.ask(event_id, t, x, entity, lazy=True)
@@ -76,9 +71,7 @@ class Trainer:
             if head.config.negative_window_ms or t - self._swept > head.config.horizon_ms // 8:
                 out += head.advance(t)
                 self._swept = t
-        return out
-
-    _swept: int = -(1 << 62)  # stream time of the last horizon sweep
+        return out, fed
 
     def checkpoint(self) -> bytes:
         return zlib.compress(pickle.dumps(self, protocol=5), 1)

@@ -46,9 +46,8 @@ from streams.metrics import (
     STAGE_SECONDS,
 )
 from streams.outbox import Outbox, now_ms
-from streams.serving import family
 from streams.settings import Settings
-from streams.topics import MAX_MESSAGE_BYTES
+from streams.topics import MAX_MESSAGE_BYTES, latest_by_key
 
 __all__ = ["LABEL_BATCH_HEADERS", "Learn", "head_name"]
 
@@ -61,6 +60,7 @@ STEP = 256  # questions and labels a head takes before the learner yields the ev
 QUESTION = b"head-question.v1"
 LABELS = b"label.v1"
 FLUSH = b"learn-flush.v1"
+CHECKPOINT = b"learn-checkpoint.v1"
 
 
 def head_name(model: str) -> str:
@@ -125,7 +125,8 @@ class Learn(Service):
     async def take_over(self) -> None:
         """Restore the latest checkpoint (or start fresh) and read on from its offset."""
         assert self.consumer is not None
-        raw = await self._latest_checkpoint()
+        raw = (await latest_by_key(self.settings, "checkpoints", CHECKPOINT)
+               ).get(self.settings.app_id.encode())
         if raw is None:
             self.trainers = {m: self._fresh(m, fam) for m, fam in self.models.items()}
             self.offset = (await self.consumer.beginning_offsets([self.tp]))[self.tp]
@@ -152,29 +153,6 @@ class Learn(Service):
     def _fresh(self, model: str, fam: str) -> Trainer:
         return Trainer(Head(head_name(model), self.settings.head_config(fam)),
                        self.settings.learn_max_buffer)
-
-    async def _latest_checkpoint(self) -> bytes | None:
-        """The last checkpoint of this app on the compacted `checkpoints` topic."""
-        s = self.settings
-        reader = AIOKafkaConsumer(**s.kafka_options(), group_id=None,
-                                  enable_auto_commit=False, auto_offset_reset="earliest",
-                                  max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-                                  fetch_max_bytes=MAX_MESSAGE_BYTES)
-        await reader.start()
-        try:
-            tp = TopicPartition(s.topic("checkpoints"), 0)
-            reader.assign([tp])
-            end = (await reader.end_offsets([tp]))[tp]
-            await reader.seek_to_beginning(tp)
-            found = None
-            while await reader.position(tp) < end:
-                for records in (await reader.getmany(timeout_ms=500)).values():
-                    for r in records:
-                        if r.key == s.app_id.encode() and r.offset < end:
-                            found = r.value
-            return found
-        finally:
-            await reader.stop()
 
     async def checkpoint(self) -> None:
         """Write the heads and the offset they have read (skipped when nothing moved)."""
@@ -232,7 +210,7 @@ class Learn(Service):
             if kind == QUESTION:
                 self._questions(read_ipc(record.value))
             elif kind == LABELS:
-                outcomes += await self._labels(read_ipc(record.value), record)
+                await self._labels(read_ipc(record.value))
             elif kind == FLUSH:
                 self._flush_pending = False
                 for m, trainer in self.trainers.items():
@@ -244,6 +222,7 @@ class Learn(Service):
                 outcomes += [(m, o) for o in trainer.step(STEP)]
                 while trainer.more:  # the worker's other agents share this event loop
                     await asyncio.sleep(0)
+                    await self._snapshots()  # every N labels, even inside a burst
                     outcomes += [(m, o) for o in trainer.step(STEP)]
         except (pa.ArrowInvalid, OSError, KeyError) as exc:  # never crash the learner
             await self.outbox.dead_letter(
@@ -278,9 +257,10 @@ class Learn(Service):
         while len(owner) > 4 * self.settings.head_max_pending:
             owner.pop(next(iter(owner)))
 
-    async def _labels(self, t: pa.Table, record: Any) -> list[tuple[str, Outcome]]:
+    async def _labels(self, t: pa.Table) -> None:
+        """Each label to its head (the one its `model` names, else the one that asked its
+        event, else the first); a label for a model with no head is dead-lettered."""
         assert self.trainers is not None
-        out: list[tuple[str, Outcome]] = []
         default = next(iter(self.trainers))
         labels = self.settings.topic("labels")
         for row in t.to_pylist():
@@ -296,7 +276,6 @@ class Learn(Service):
                 continue
             trainer.label(row["label_time"], row["event_id"], row["value"], row["source"],
                           where)
-        return out
 
     async def _act(self, model: str, o: Outcome) -> None:
         name = head_name(model)
@@ -332,14 +311,7 @@ class Learn(Service):
         """Snapshots, metrics reports and checkpoints, each on its own clock."""
         assert self.trainers is not None
         s, now = self.settings, time.monotonic()
-        due = now - self._last_snapshot > s.learn_snapshot_s
-        for model, trainer in self.trainers.items():
-            head = trainer.head
-            moved = head.updates - self._published.get(model, 0)
-            if moved and (due or moved >= s.learn_snapshot_updates):
-                await self.publish(model, trainer)
-        if due:
-            self._last_snapshot = now
+        await self._snapshots()
         if now - self._last_report > s.learn_report_s:
             self._last_report = now
             for model, trainer in self.trainers.items():
@@ -351,12 +323,25 @@ class Learn(Service):
             self._last_checkpoint = now
             await self.checkpoint()
 
+    async def _snapshots(self) -> None:
+        """Publish each head that learned `learn_snapshot_updates` labels since its last
+        snapshot, or any label when `learn_snapshot_s` has passed."""
+        assert self.trainers is not None
+        s, now = self.settings, time.monotonic()
+        due = now - self._last_snapshot > s.learn_snapshot_s
+        for model, trainer in self.trainers.items():
+            moved = trainer.head.updates - self._published.get(model, 0)
+            if moved and (due or moved >= s.learn_snapshot_updates):
+                await self.publish(model, trainer)
+        if due:
+            self._last_snapshot = now
+
     async def publish(self, model: str, trainer: Trainer) -> None:
         """Send the head's learner to `model-updates` for infer to serve."""
         assert self.producer is not None
         head = trainer.head
         snap = HeadSnapshot(
-            name=head.name, model=model, family=family(self.models[model]),
+            name=head.name, model=model, family=self.models[model],
             version=head.updates, spec=head.config.spec, features=list(trainer.names),
             state_b64=base64.b64encode(head.model_bytes()).decode(), created_at=now_ms(),
             training_offset=self.offset)

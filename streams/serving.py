@@ -39,7 +39,7 @@ from schemas.codec import header
 from schemas.events import HeadSnapshot, ModelUpdate
 from streams.metrics import HEAD_VERSION, MODEL_SWAPS, MODEL_VERSION
 from streams.settings import Settings
-from streams.topics import MAX_MESSAGE_BYTES
+from streams.topics import MAX_MESSAGE_BYTES, latest_by_key, partitions_of
 
 __all__ = ["HEAD_SNAPSHOT", "ModelUpdates", "Served", "ServedHead", "Serving", "describe",
            "describe_heads", "family", "head_from_snapshot", "publish_promotion"]
@@ -102,6 +102,10 @@ class Serving:
     def head(self, family_name: str) -> ServedHead | None:
         """The online head served on top of `family_name`'s deep model, if any yet."""
         return self._heads.get(family_name)
+
+    def heads(self) -> dict[str, ServedHead]:
+        """The online heads served, by family."""
+        return dict(self._heads)
 
     def serve_head(self, family_name: str, head: ServedHead) -> bool:
         """Serve `head` unless this family already serves that version or a later one
@@ -229,43 +233,20 @@ class ModelUpdates(Service):
                                          max_partition_fetch_bytes=MAX_MESSAGE_BYTES)
         await self.consumer.start()
         topic = self.settings.topic("model-updates")
-        tps = [TopicPartition(topic, p) for p in await self._partitions(topic)]
+        tps = [TopicPartition(topic, p) for p in await partitions_of(self.consumer, topic)]
         self.consumer.assign(tps)
         ends = await self.consumer.end_offsets(tps)
         self.serving.start()
-        await self._latest_heads(tps, ends)
+        if self.settings.learn:  # the latest snapshot of each online head on the topic
+            for raw in (await latest_by_key(self.settings, "model-updates",
+                                            HEAD_SNAPSHOT)).values():
+                await self._apply_head(raw)
         for tp, end in ends.items():
             self.consumer.seek(tp, end)
         for name in self.serving.names:  # infer may have loaded them before that point
             current = self.serving.registry.current(name)
             if self.serving.version_of(name) != current:
                 await self.serving.swap(name, current)
-
-    async def _latest_heads(self, tps: list[TopicPartition], ends: dict[TopicPartition, int]
-                            ) -> None:
-        """Serve the latest snapshot of each online head already on the topic (the
-        registry, not the topic, says which deep model versions are current)."""
-        assert self.consumer is not None
-        if not self.settings.learn:
-            return
-        latest: dict[str, Any] = {}
-        await self.consumer.seek_to_beginning(*tps)
-        while not await self._reached(ends):
-            polled = await self.consumer.getmany(timeout_ms=500)
-            for records in polled.values():
-                for r in records:
-                    if r.offset < ends[TopicPartition(r.topic, r.partition)] and \
-                            header(r.headers, "schema") == HEAD_SNAPSHOT:
-                        latest[(r.key or b"").decode(errors="replace")] = r.value
-        for raw in latest.values():
-            await self._apply_head(raw)
-
-    async def _reached(self, ends: dict[TopicPartition, int]) -> bool:
-        assert self.consumer is not None
-        for tp, end in ends.items():
-            if await self.consumer.position(tp) < end:
-                return False
-        return True
 
     async def _apply_head(self, raw: bytes | None) -> None:
         """Serve the head snapshot in `raw` if it is newer than the one served."""
@@ -282,15 +263,6 @@ class ModelUpdates(Service):
             MODEL_SWAPS.labels(snap.name, "swapped").inc()
             log.debug("serving head %s v%d", snap.name, snap.version)
 
-    async def _partitions(self, topic: str) -> list[int]:
-        assert self.consumer is not None
-        deadline = time.monotonic() + 30
-        while not (parts := self.consumer.partitions_for_topic(topic)):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"topic {topic} not found: run `headwater topics create`")
-            await self.consumer._client.force_metadata_update()  # noqa: SLF001
-            await asyncio.sleep(0.2)
-        return sorted(parts)
 
     async def on_stop(self) -> None:
         if self.consumer is not None:
@@ -333,4 +305,4 @@ def describe(serving: Serving) -> dict[str, Any]:
 
 def describe_heads(serving: Serving) -> dict[str, str]:
     """What /ready reports about the online heads infer serves (none until one learned)."""
-    return {fam: f"{h.name} v{h.version}" for fam, h in serving._heads.items()}  # noqa: SLF001
+    return {fam: f"{h.name} v{h.version}" for fam, h in serving.heads().items()}

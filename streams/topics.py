@@ -11,9 +11,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import OffsetAndMetadata
 
+from schemas.codec import header
 from streams.settings import SINGLE_PARTITION, TOPICS, Settings
 
-__all__ = ["commit_unstarted", "drop_topics", "ensure_topics"]
+__all__ = ["MAX_MESSAGE_BYTES", "commit_unstarted", "drop_topics", "ensure_topics",
+           "latest_by_key", "partitions_of"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,44 @@ async def commit_unstarted(settings: Settings, group: str, names: tuple[str, ...
         return len(unset)
     finally:
         await consumer.stop()
+
+
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str, timeout: float = 30.0
+                        ) -> list[int]:
+    """The partitions of `topic` as `consumer` sees them, once its metadata has them."""
+    deadline = time.monotonic() + timeout
+    while not (parts := consumer.partitions_for_topic(topic)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topic {topic} not found: run `headwater topics create`")
+        await consumer._client.force_metadata_update()  # noqa: SLF001
+        await asyncio.sleep(0.2)
+    return sorted(parts)
+
+
+async def latest_by_key(settings: Settings, name: str, schema: bytes
+                        ) -> dict[bytes, bytes | None]:
+    """The last value of each key among the messages now in topic `name` (before the
+    prefix) whose `schema` header is `schema`: what a compacted topic holds, read
+    outside any consumer group."""
+    reader = AIOKafkaConsumer(**settings.kafka_options(), group_id=None,
+                              enable_auto_commit=False, auto_offset_reset="earliest",
+                              max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+                              fetch_max_bytes=MAX_MESSAGE_BYTES)
+    await reader.start()
+    try:
+        topic = settings.topic(name)
+        tps = [TopicPartition(topic, p) for p in await partitions_of(reader, topic)]
+        reader.assign(tps)
+        ends = await reader.end_offsets(tps)
+        await reader.seek_to_beginning(*tps)
+        latest: dict[bytes, bytes | None] = {}
+        while [tp for tp in tps if await reader.position(tp) < ends[tp]]:
+            for tp, records in (await reader.getmany(timeout_ms=500)).items():
+                latest.update((r.key or b"", r.value) for r in records
+                              if r.offset < ends[tp] and header(r.headers, "schema") == schema)
+        return latest
+    finally:
+        await reader.stop()
 
 
 async def _visible(admin: AIOKafkaAdminClient, topics: dict[str, int],

@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from river import compose, evaluate, metrics
 
 from models.datasets import elec2
@@ -26,9 +26,10 @@ from models.online import build_learner
 from models.registry import Registry
 from models.training import train_sensor_model
 from streams.produce import sensor_json
-from streams.settings import SINGLE_PARTITION, Settings
+from streams.settings import Settings
 from tests.conftest import Worker
 from tests.test_engagement_pipeline import sample
+from tests.test_pipeline import read_all
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -82,28 +83,8 @@ def serves_a_head(s: Settings) -> bool:
         return False
 
 
-async def read_all(s: Settings, topic: str) -> list[Any]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        n = 1 if topic in SINGLE_PARTITION else s.partitions
-        tps = [TopicPartition(s.topic(topic), p) for p in range(n)]
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
-        out = []
-        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                out += [r for r in records if r.offset < ends[TopicPartition(r.topic,
-                                                                             r.partition)]]
-        return sorted(out, key=lambda r: (r.partition, r.offset))
-    finally:
-        await consumer.stop()
-
-
 def final_report(s: Settings) -> dict[str, Any] | None:
-    reports = [orjson.loads(r.value) for r in asyncio.run(read_all(s, "metrics"))]
+    reports = [orjson.loads(v) for _, _, v in asyncio.run(read_all(s, s.topic("metrics")))]
     mine = [r for r in reports if r["name"] == "elec2-head"]
     return mine[-1] if mine else None
 
@@ -181,7 +162,8 @@ def test_live_prequential_metrics_equal_rivers(settings: Settings, registry_dir:
     assert report["counts"]["unmatched"] == 0
     assert crash or report["counts"]["duplicate"] == 0  # a restart may replay questions
 
-    predictions = [orjson.loads(r.value) for r in asyncio.run(read_all(s, "predictions"))]
+    predictions = [orjson.loads(v) for _, _, v in sorted(
+        asyncio.run(read_all(s, s.topic("predictions"))))]
     deep = {p["event_id"]: p["probability"] for p in predictions}
     assert len(deep) == N  # every event predicted (once, when nothing crashed)
     assert crash or len(predictions) == N

@@ -17,7 +17,7 @@ from streams.produce import produce_table
 from streams.settings import Settings
 from tests.conftest import Worker
 from tests.test_engagement_pipeline import sample
-from tests.test_learn_pipeline import read_all
+from tests.test_pipeline import read_all
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -48,13 +48,13 @@ def test_snapshots_swap_in_under_load(settings: Settings, tmp_path: Path) -> Non
         assert worker.running()
     finally:
         worker.stop()
-    records = asyncio.run(read_all(s, "predictions"))  # by partition, then offset
-    ids = [orjson.loads(r.value)["event_id"] for r in records]
+    records = sorted(asyncio.run(read_all(s, s.topic("predictions"))))  # partition, offset
+    ids = [orjson.loads(v)["event_id"] for _, _, v in records]
     assert len(ids) == len(set(ids)) == EVENTS  # none lost, none twice
     served: set[int] = set()
-    for p in {r.partition for r in records}:
-        versions = [v for r in records if r.partition == p
-                    if (v := orjson.loads(r.value)["head_version"]) is not None]
+    for p in {part for part, _, _ in records}:
+        versions = [v for part, _, value in records if part == p
+                    if (v := orjson.loads(value)["head_version"]) is not None]
         assert versions == sorted(versions), f"head versions went back in partition {p}"
         served |= set(versions)
     assert len(served) >= 3, f"only head versions {sorted(served)} were served under load"

@@ -86,8 +86,11 @@ async def produce_mixed(s: Settings) -> dict[tuple[int, int], str]:
 
 
 async def read_all(s: Settings, topic: str) -> list[tuple[int, int, bytes]]:
-    """Every message now in `topic`: (partition, offset, value)."""
-    c = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False)
+    """Every message now in `topic`: (partition, offset, value), in offset order per
+    partition. (`earliest`: with aiokafka's default `latest`, the reset of a newly
+    assigned partition could race the seek to its beginning and read nothing.)"""
+    c = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False,
+                         auto_offset_reset="earliest")
     await c.start()
     try:
         parts = [TopicPartition(topic, p) for p in range(s.partitions)]
