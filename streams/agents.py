@@ -70,6 +70,9 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving
 
     gaps = {name: Gaps(settings, settings.app_id, repaired)  # one side consumer per agent
             for name in ("featurize", "featurize-engagement", "infer")}
+    # an agent's messages are processed one take at a time: by the agent, or by the
+    # tail sweep below when Faust dropped messages it had read (streams.gaps)
+    locks = {name: asyncio.Lock() for name in gaps}
     config = settings.sensor_features()
     features_topic = settings.topic("features")
 
@@ -107,10 +110,11 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving
         within = settings.featurize_max_wait_ms / 1000
         # take_events is faust-streaming's own addition, missing from the StreamT protocol
         async for events in stream.take_events(FEATURIZE_TAKE, within):  # type: ignore[attr-defined]
-            started = time.perf_counter()
-            messages = [m for e in events for m in await gaps["featurize"].fill(e.message)]
-            await featurize_messages(messages)
-            STAGE_SECONDS.labels("featurize").observe(time.perf_counter() - started)
+            async with locks["featurize"]:
+                started = time.perf_counter()
+                messages = [m for e in events for m in await gaps["featurize"].fill(e.message)]
+                await featurize_messages(messages)
+                STAGE_SECONDS.labels("featurize").observe(time.perf_counter() - started)
             yield None
 
     async def featurize_messages(messages: list[Any]) -> None:
@@ -234,9 +238,14 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving
         it, and is recomputed from `prev` where its writes were cut short.
         """
         async for event in stream.events():
-            for msg in await gaps["featurize-engagement"].fill(event.message):
-                await featurize_engagement_message(msg)
+            async with locks["featurize-engagement"]:
+                for msg in await gaps["featurize-engagement"].fill(event.message):
+                    await featurize_engagement_message(msg)
             yield None
+
+    async def featurize_engagement_messages(messages: list[Any]) -> None:
+        for msg in messages:
+            await featurize_engagement_message(msg)
 
     async def featurize_engagement_message(msg: Any) -> None:
         """One engagement batch message (see featurize_engagement)."""
@@ -318,28 +327,63 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving
         within = settings.infer_max_wait_ms / 1000
         # take_events is faust-streaming's own addition, missing from the StreamT protocol
         async for events in stream.take_events(max_msgs, within):  # type: ignore[attr-defined]
-            messages = [m for e in events for m in await gaps["infer"].fill(e.message)]
-            routed = route([m.value for m in messages], [m.partition for m in messages],
-                           serving)
-            for i, rejected in routed.rejected:
-                await dead("infer", rejected, messages[i])
-            for attempt in range(SEND_ATTEMPTS):  # a broker away: Faust would ack and lose
-                try:
-                    pending: list[asyncio.Future[object]] = []
-                    for fam, (served, tables) in routed.groups.items():
-                        head = serving.head(fam)  # taken once: a swap lands between batches
-                        for t in chunks(tables, settings.infer_max_rows):
-                            pending += await infer_batch(t, served, outbox, settings, head)
-                    await asyncio.gather(*pending)
-                    break
-                except KafkaError as exc:
-                    if attempt == SEND_ATTEMPTS - 1:
-                        raise
-                    log.warning("infer: sending predictions failed (%r); sending again", exc)
-                    await asyncio.sleep(min(30.0, 0.5 * 2 ** attempt))  # back off
+            async with locks["infer"]:
+                await infer_messages(
+                    [m for e in events for m in await gaps["infer"].fill(e.message)])
             yield None
 
-    _ = (featurize, featurize_engagement, infer)
+    async def infer_messages(messages: list[Any]) -> None:
+        """A take of feature batch messages (see infer)."""
+        routed = route([m.value for m in messages], [m.partition for m in messages], serving)
+        for i, rejected in routed.rejected:
+            await dead("infer", rejected, messages[i])
+        for attempt in range(SEND_ATTEMPTS):  # a broker away: Faust would ack and lose
+            try:
+                pending: list[asyncio.Future[object]] = []
+                for fam, (served, tables) in routed.groups.items():
+                    head = serving.head(fam)  # taken once: a swap lands between batches
+                    for t in chunks(tables, settings.infer_max_rows):
+                        pending += await infer_batch(t, served, outbox, settings, head)
+                await asyncio.gather(*pending)
+                break
+            except KafkaError as exc:
+                if attempt == SEND_ATTEMPTS - 1:
+                    raise
+                log.warning("infer: sending predictions failed (%r); sending again", exc)
+                await asyncio.sleep(min(30.0, 0.5 * 2 ** attempt))  # back off
+
+    processors = {"featurize": (batches.get_topic_name(), featurize_messages),
+                  "featurize-engagement": (engagement_batches.get_topic_name(),
+                                           featurize_engagement_messages),
+                  "infer": (features_topic, infer_messages)}
+    ready_since: list[float] = []  # when the worker last finished a rebalance and recovery
+
+    # faust's App.timer returns a bare Callable, which mypy --strict calls untyped
+    @app.timer(interval=settings.tail_idle_s / 2)  # type: ignore[untyped-decorator]
+    async def sweep_tails() -> None:
+        """Process, then commit, messages Faust read at a partition's tail but dropped
+        (streams.gaps): with no later message, nothing else would ever reveal them."""
+        consumer: Any = app.consumer
+        if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+            ready_since.clear()
+            return
+        if not ready_since:
+            ready_since.append(time.monotonic())
+        for name, (topic, process) in processors.items():
+            async with locks[name]:
+                read = {(tp.topic, tp.partition): consumer._read_offset.get(tp)  # Faust-internal
+                        for tp in consumer.assignment() if tp.topic == topic}
+                missed = await gaps[name].tail(read, settings.tail_idle_s, ready_since[0])
+                if not missed:
+                    continue
+                await process(missed)
+                done: dict[TP, int] = {}
+                for m in missed:
+                    done[TP(m.topic, m.partition)] = m.offset + 1
+                # what Faust would commit had it delivered and acknowledged them
+                await consumer._commit_offsets(done)  # Faust-internal
+
+    _ = (featurize, featurize_engagement, infer, sweep_tails)
     return list(gaps.values())
 
 

@@ -13,13 +13,20 @@ The first message of a partition in a worker's life is checked against the group
 committed offset: it is where Faust seeks to, so a message past it was preceded by a
 drop. Faust is then told the repaired range is a gap (`repaired`): a hole at the head of
 what it has seen would otherwise stop its commits for that partition for good.
+
+A drop at the tail of a partition has no later message to reveal it: the stream has
+paused or ended, and the agent waits for messages Faust has already read past. `tail`
+finds those: a partition whose fetcher has read at or past the next offset the agent
+expects, yet which has given the agent nothing for a while, is read back up to Faust's
+read offset (never past the partition's end) for the agent to process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +62,8 @@ class Gaps:
         self.group = group
         self.repaired = repaired
         self.expected: dict[tuple[str, int], int] = {}
+        self.seen: dict[tuple[str, int], float] = {}  # when a partition last gave a message
+        self.born = time.monotonic()
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()  # one side consumer: its calls never interleave
 
@@ -73,20 +82,64 @@ class Gaps:
 
     async def _fill(self, message: Any) -> list[Any]:
         key = (message.topic, message.partition)
+        self.seen[key] = time.monotonic()
         expected = self.expected.get(key)
         if expected is None:
             expected = await self._committed(message.topic, message.partition)
         self.expected[key] = message.offset + 1
         if expected is None or message.offset <= expected:
             return [message]  # in order, or a replay after a seek back
-        missed = await self._read(message.topic, message.partition, expected, message.offset)
+        return [*await self._repair(message.topic, message.partition, expected,
+                                    message.offset), message]
+
+    async def tail(self, read: Mapping[tuple[str, int], int | None], idle_s: float,
+                   since: float = 0.0) -> list[Any]:
+        """Messages Faust read past without giving them to the agent, at partitions' tails.
+
+        `read`: for each input partition the agent holds, the last offset Faust's
+        fetcher read (None before any). A partition qualifies when that offset is at or
+        past the next one the agent expects and the partition has given the agent
+        nothing for `idle_s` seconds, counted from `since` (monotonic) at the earliest;
+        its messages from the expected offset to the read one (bounded by the
+        partition's end) are read back, in order. Errors are logged and give nothing:
+        the next call tries again."""
+        try:
+            async with self._lock:
+                out: list[Any] = []
+                for (topic, partition), last in read.items():
+                    out += await self._tail(topic, partition, last, idle_s, since)
+                return out
+        except Exception:
+            log.exception("could not check the tails of %s", sorted(read))
+            return []
+
+    async def _tail(self, topic: str, partition: int, last: int | None, idle_s: float,
+                    since: float) -> list[Any]:
+        key = (topic, partition)
+        quiet_from = max(self.seen.get(key, self.born), since)
+        if last is None or time.monotonic() - quiet_from < idle_s:
+            return []
+        expected = self.expected.get(key)
+        if expected is None:
+            expected = await self._committed(topic, partition)
+        if expected is None or last < expected:
+            return []
+        stop = min(last + 1, await self._end(topic, partition))
+        if stop <= expected:
+            return []
+        self.expected[key] = stop
+        self.seen[key] = time.monotonic()
+        return await self._repair(topic, partition, expected, stop)
+
+    async def _repair(self, topic: str, partition: int, start: int, stop: int) -> list[Any]:
+        """Offsets start..stop-1 read back, counted, logged, and marked done for Faust."""
+        missed = await self._read(topic, partition, start, stop)
         if self.repaired is not None:  # Faust may otherwise never commit past the hole
-            await self.repaired(message.topic, message.partition, expected, message.offset)
-        OFFSET_GAPS.labels(message.topic).inc(len(missed))
+            await self.repaired(topic, partition, start, stop)
+        OFFSET_GAPS.labels(topic).inc(len(missed))
         log.warning("%s:%d: offsets %d..%d never reached the agent; read %d back from the "
-                    "broker", message.topic, message.partition, expected, message.offset - 1,
-                    len(missed))
-        return [*missed, message]
+                    "broker", topic, partition, start, stop - 1, len(missed))
+        return missed
 
     async def stop(self) -> None:
         if self._consumer is not None:
@@ -107,6 +160,11 @@ class Gaps:
         offset: int | None = await (await self._client()).committed(
             TopicPartition(topic, partition))
         return offset
+
+    async def _end(self, topic: str, partition: int) -> int:
+        tp = TopicPartition(topic, partition)
+        end: int = (await (await self._client()).end_offsets([tp]))[tp]
+        return end
 
     async def _read(self, topic: str, partition: int, start: int, stop: int) -> list[Record]:
         """The messages at offsets start..stop-1 of one partition."""

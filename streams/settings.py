@@ -92,6 +92,9 @@ class Settings(BaseSettings):
         5, ge=0, description="Longest wait to gather sensor batch messages to featurize together")
     infer_max_rows: int = Field(4096, ge=1, description="Rows per inference micro-batch")
     infer_max_wait_ms: int = Field(5, ge=0, description="Longest wait to fill a micro-batch")
+    tail_idle_s: float = Field(
+        10.0, gt=0, description="An agent input partition idle this long is checked for "
+        "messages Faust read but dropped, which are read back")
     predictions_format: Literal["json", "arrow"] = Field(
         "json", description="One JSON message per event, or one Arrow batch per micro-batch")
     dead_letter_max_raw: int = Field(65536, description="Raw bytes kept in a dead letter")

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -111,11 +111,37 @@ class Worker:
         self._out.close()
 
 
+FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Remember a failed test body, so its worker fixture can show the worker's log."""
+    report: pytest.TestReport = yield
+    if report.when == "call" and report.failed:
+        item.stash[FAILED] = True
+    return report
+
+
+def log_excerpt(log: Path, tail: int = 60) -> str:
+    """The worker's warnings and errors, then its last `tail` lines: what a failed run
+    needs to be understood where only the test output survives (CI)."""
+    lines = log.read_text(errors="replace").splitlines()
+    loud = [line for line in lines if '"level":"WARNING"' in line or '"level":"ERROR"' in line
+            or "Traceback" in line]
+    return "\n".join([f"--- worker log {log}: {len(loud)} warnings and errors (last 80)",
+                      *loud[-80:], f"--- last {tail} lines", *lines[-tail:]])
+
+
 @pytest.fixture
-def worker(settings: Settings, tmp_path: Path) -> Iterator[Worker]:
+def worker(settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+           ) -> Iterator[Worker]:
     w = Worker(settings, tmp_path / "worker.log")
     try:
         w.wait_ready()
         yield w
     finally:
         w.stop()
+        if request.node.stash.get(FAILED, False):
+            print(log_excerpt(w.log))

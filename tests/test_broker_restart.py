@@ -14,7 +14,7 @@ from streams.produce import produce_table
 from streams.settings import Settings
 from tests.conftest import Worker
 from tests.test_crash import many_events, ready
-from tests.test_pipeline import caught_up, read_all
+from tests.test_pipeline import behind, caught_up, read_all
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -39,7 +39,8 @@ def test_broker_restart_mid_stream(settings: Settings, worker: Worker, kafka: Lo
     assert not kafka.answers()
     kafka.start()
     asyncio.run(produce_table(s, rest, s.topic("sensor-events"), rate=RATE, chunk=500))
-    wait_for(lambda: asyncio.run(caught_up(s)), 240, "the worker to commit every input")
+    wait_for(lambda: asyncio.run(caught_up(s)), 240, "the worker to commit every input",
+             detail=lambda: asyncio.run(behind(s)))
 
     ids = Counter(orjson.loads(v)["event_id"]
                   for _, _, v in asyncio.run(read_all(s, s.topic("predictions"))))

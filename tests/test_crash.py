@@ -25,7 +25,7 @@ from schemas.codec import read_ipc
 from streams.produce import produce_table
 from streams.settings import Settings
 from tests.conftest import Worker
-from tests.test_pipeline import caught_up, read_all
+from tests.test_pipeline import behind, caught_up, read_all
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -81,7 +81,8 @@ def test_kill_9_five_times_loses_nothing(settings: Settings, worker: Worker,
     producer.join(timeout=300)
     assert not producer.is_alive()
     worker.wait_ready()
-    wait_for(lambda: asyncio.run(caught_up(s)), 240, "the worker to commit every input")
+    wait_for(lambda: asyncio.run(caught_up(s)), 240, "the worker to commit every input",
+             detail=lambda: asyncio.run(behind(s)))
 
     ids = Counter(orjson.loads(v)["event_id"]
                   for _, _, v in asyncio.run(read_all(s, s.topic("predictions"))))

@@ -23,7 +23,7 @@ from streams.settings import Settings
 from tests.conftest import Worker
 from tests.data import shared
 from tests.test_crash import ready
-from tests.test_pipeline import caught_up, metric, read_all
+from tests.test_pipeline import behind, caught_up, metric, read_all
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,8 @@ def test_engagement_features_survive_a_kill_9(settings: Settings, worker: Worker
     producer.join(timeout=120)
     assert not producer.is_alive()
     wait_for(lambda: ready(s), 120, "the worker ready again")
-    wait_for(lambda: asyncio.run(caught_up(s)), 240, "the worker to commit every input")
+    wait_for(lambda: asyncio.run(caught_up(s)), 240, "the worker to commit every input",
+             detail=lambda: asyncio.run(behind(s)))
 
     want_ids, want, names = per_partition(events, s)
     batches = [read_ipc(v) for _, _, v in asyncio.run(read_all(s, s.topic("features")))]

@@ -22,7 +22,7 @@ from streams.settings import Settings
 from tests.conftest import Worker
 from tests.data import shared
 from tests.test_engagement_pipeline import sample
-from tests.test_pipeline import caught_up, read_all
+from tests.test_pipeline import behind, caught_up, read_all
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,8 @@ def test_engagement_predictions_and_bad_feature_batches(settings: Settings,
     try:
         worker.wait_ready()
         asyncio.run(produce_table(s, events, s.topic("engagement-events")))
-        wait_for(lambda: asyncio.run(caught_up(s)), 120, "the worker to commit every input")
+        wait_for(lambda: asyncio.run(caught_up(s)), 120, "the worker to commit every input",
+             detail=lambda: asyncio.run(behind(s)))
         predictions = [orjson.loads(v)
                        for _, _, v in asyncio.run(read_all(s, s.topic("predictions")))]
         assert sorted(p["event_id"] for p in predictions) == \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from streams.gaps import Gaps, Record
 from streams.settings import Settings
@@ -17,6 +18,9 @@ class FakeGaps(Gaps):
 
     async def _committed(self, topic: str, partition: int) -> int | None:
         return self.commit
+
+    async def _end(self, topic: str, partition: int) -> int:
+        return len(self.log)
 
     async def _read(self, topic: str, partition: int, start: int, stop: int) -> list[Record]:
         self.reads.append((start, stop))
@@ -59,3 +63,32 @@ def test_a_broker_error_never_crashes_the_agent() -> None:
 
     g = Broken(committed=0, log=[])
     assert offsets(g, [0, 3]) == [0, 3]  # the message itself still goes on
+
+
+def tail(gaps: Gaps, last: int | None, idle_s: float, since: float = 0.0) -> list[int]:
+    return [m.offset for m in asyncio.run(gaps.tail({("t", 0): last}, idle_s, since))]
+
+
+def test_a_drop_at_the_tail_is_read_back_once_the_partition_is_idle() -> None:
+    g = FakeGaps(committed=0, log=[b""] * 10)
+    assert offsets(g, [0, 1, 2]) == [0, 1, 2]
+    assert tail(g, last=6, idle_s=3600) == []  # the partition gave a message just now
+    assert tail(g, last=6, idle_s=0) == [3, 4, 5, 6]  # Faust read 3..6, the agent saw none
+    assert tail(g, last=6, idle_s=0) == []  # once
+    assert offsets(g, [7]) == [7]  # and the next message follows on
+    assert g.reads == [(3, 7)]
+
+
+def test_the_tail_check_stays_within_the_log_and_what_faust_read() -> None:
+    g = FakeGaps(committed=4, log=[b""] * 6)
+    assert tail(g, last=None, idle_s=0) == []  # Faust read nothing yet
+    assert tail(g, last=3, idle_s=0) == []  # behind the committed offset: nothing dropped
+    assert tail(g, last=9, idle_s=0) == [4, 5]  # a read offset past the end (a seek) is cut
+    assert tail(FakeGaps(committed=6, log=[b""] * 6), last=6, idle_s=0) == []  # at the end
+
+
+def test_the_tail_check_waits_for_the_rebalance_to_settle() -> None:
+    g = FakeGaps(committed=0, log=[b""] * 3)
+    g.born -= 300  # a worker five minutes old, whose partitions were just reassigned
+    assert tail(g, last=2, idle_s=60, since=time.monotonic()) == []  # recovered just now
+    assert tail(g, last=2, idle_s=60, since=time.monotonic() - 120) == [0, 1, 2]

@@ -106,13 +106,15 @@ async def read_all(s: Settings, topic: str) -> list[tuple[int, int, bytes]]:
         await c.stop()
 
 
-async def caught_up(s: Settings) -> bool:
-    """True when ingest, featurize and infer have committed everything in their inputs."""
+async def behind(s: Settings) -> list[str]:
+    """The input partitions that ingest, featurize and infer have not committed to the end,
+    as "group topic:partition committed/end"; empty when every input is committed."""
     admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap)
     c = AIOKafkaConsumer(bootstrap_servers=s.bootstrap)
     await admin.start()
     await c.start()
     try:
+        out = []
         for group, topic in [(f"{s.app_id}-ingest", "sensor-events"),
                              (f"{s.app_id}-ingest", "engagement-events"),
                              (s.app_id, "sensor-batches"), (s.app_id, "engagement-batches"),
@@ -123,11 +125,16 @@ async def caught_up(s: Settings) -> bool:
             for tp in parts:
                 committed = done[tp].offset if tp in done else 0
                 if committed < end[tp]:
-                    return False
-        return True
+                    out.append(f"{group} {topic}:{tp.partition} {committed}/{end[tp]}")
+        return out
     finally:
         await c.stop()
         await admin.close()
+
+
+async def caught_up(s: Settings) -> bool:
+    """True when ingest, featurize and infer have committed everything in their inputs."""
+    return not await behind(s)
 
 
 def test_events_become_predictions_and_bad_input_dead_letters(settings: Settings,
@@ -136,7 +143,8 @@ def test_events_become_predictions_and_bad_input_dead_letters(settings: Settings
     bad = asyncio.run(produce_mixed(s))
     assert len(bad) == 100
 
-    wait_for(lambda: asyncio.run(caught_up(s)), 120, "the worker to commit every input")
+    wait_for(lambda: asyncio.run(caught_up(s)), 120, "the worker to commit every input",
+             detail=lambda: asyncio.run(behind(s)))
 
     predictions = [orjson.loads(v) for _, _, v in asyncio.run(read_all(s, s.topic("predictions")))]
     ids = [p["event_id"] for p in predictions]
@@ -224,7 +232,8 @@ def test_batches_written_straight_to_sensor_batches_are_checked(settings: Settin
             await p.stop()
 
     asyncio.run(send())
-    wait_for(lambda: asyncio.run(caught_up(s)), 120, "the worker to commit every input")
+    wait_for(lambda: asyncio.run(caught_up(s)), 120, "the worker to commit every input",
+             detail=lambda: asyncio.run(behind(s)))
     predictions = [orjson.loads(v) for _, _, v in asyncio.run(read_all(s, s.topic("predictions")))]
     assert sorted(p["event_id"] for p in predictions) == sorted(
         i for n, i in enumerate(ids) if n not in (10, 20))

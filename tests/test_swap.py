@@ -23,7 +23,7 @@ from streams.settings import Settings
 from tests.conftest import ROOT, Worker, free_port, settings_env
 from tests.test_crash import many_events, ready
 from tests.test_engagement_pipeline import sample
-from tests.test_pipeline import caught_up, read_all
+from tests.test_pipeline import behind, caught_up, read_all
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -75,7 +75,8 @@ def test_promotion_mid_stream_swaps_once_without_a_gap(settings: Settings,
                           for w in (s, s2)] == [2, 2], 30, "every worker serving v2")
         producer.join(timeout=120)
         assert not producer.is_alive()
-        wait_for(lambda: asyncio.run(caught_up(s)), 120, "the worker to commit every input")
+        wait_for(lambda: asyncio.run(caught_up(s)), 120, "the worker to commit every input",
+             detail=lambda: asyncio.run(behind(s)))
 
         predictions = [orjson.loads(v)
                        for _, _, v in asyncio.run(read_all(s, s.topic("predictions")))]
