@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pv
@@ -125,20 +126,34 @@ def _sensor_table(times: pa.Array, sensors: list[str], readings: dict[str, pa.Ar
     return pa.table(cols)
 
 
-def nab(root: Path) -> pa.Table:
+def nab(root: Path, labelled: bool = False) -> pa.Table:
     """Four series of the Numenta Anomaly Benchmark (`root/realKnownCause/*.csv`) as one
     stream: each file is a sensor (its stem the id, one reading `value`), its rows in
     file order, one sensor after another. File order keeps machine_temperature's step
-    back in time, twelve rows that arrive 5 to 55 minutes late."""
-    times, sensors, values = [], [], []
+    back in time, twelve rows that arrive 5 to 55 minutes late. With `labelled`,
+    `label` = the row is inside one of NAB's anomaly windows
+    (`root/labels/combined_windows.json`, bounds included)."""
+    windows = orjson.loads((root / "labels" / "combined_windows.json").read_bytes()) \
+        if labelled else {}
+    times, sensors, values, labels = [], [], [], []
     for name in NAB_SERIES:
         t = pv.read_csv(root / "realKnownCause" / f"{name}.csv",
                         read_options=pv.ReadOptions(use_threads=False))
-        times.append(t.column("timestamp").combine_chunks())
+        ts = t.column("timestamp").combine_chunks()
+        times.append(ts)
         values.append(t.column("value").cast(pa.float64()).combine_chunks())
         sensors += [name] * t.num_rows
+        if labelled:
+            ms = ts.cast(pa.timestamp("ms")).cast(pa.int64()).to_numpy()
+            inside = np.zeros(len(ms), bool)
+            for start, end in windows[f"realKnownCause/{name}.csv"]:
+                lo, hi = (np.datetime64(v.replace(" ", "T"), "ms").astype(np.int64)
+                          for v in (start, end))
+                inside |= (ms >= lo) & (ms <= hi)
+            labels.append(pa.array(inside))
     return _sensor_table(pa.concat_arrays(times), sensors,
-                         {"value": pa.concat_arrays(values)}, "nab")
+                         {"value": pa.concat_arrays(values)}, "nab",
+                         pa.concat_arrays(labels) if labelled else None)
 
 
 def occupancy(root: Path) -> pa.Table:

@@ -167,6 +167,8 @@ class Prediction(_Message):
     variance: float | None = None
     item_id: str | None = None
     head_probability: float | None = None
+    features_partition: int | None = None
+    features_offset: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +213,8 @@ class CurationSample(_Message):
     features: dict[str, float | None] = field(default_factory=dict)
     slice: str | None = None
     head_version: int | None = None
+    model_name: str | None = None
+    score: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,5 +3,5 @@
 No ML math here: agents call the pure functions in `models/`.
 """
 
-__all__ = ["agents", "app", "broker", "cli", "ingest", "logs", "metrics", "outbox", "produce",
-           "settings", "topics", "watch"]
+__all__ = ["agents", "app", "broker", "cli", "ingest", "labelling", "logs", "metrics", "outbox",
+           "produce", "settings", "topics", "watch"]

@@ -334,7 +334,8 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving
 
     async def infer_messages(messages: list[Any]) -> None:
         """A take of feature batch messages (see infer)."""
-        routed = route([m.value for m in messages], [m.partition for m in messages], serving)
+        routed = route([m.value for m in messages], [m.partition for m in messages], serving,
+                       [m.offset for m in messages])
         for i, rejected in routed.rejected:
             await dead("infer", rejected, messages[i])
         for attempt in range(SEND_ATTEMPTS):  # a broker away: Faust would ack and lose

@@ -15,8 +15,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.registry import Registry
 from streams.agents import wire_agents
+from streams.curate import Curate
 from streams.gaps import Gaps
 from streams.ingest import Ingest
+from streams.labelling import receive_labels
 from streams.learn import Learn
 from streams.logs import json_logging_config
 from streams.outbox import Outbox
@@ -41,6 +43,7 @@ class HeadwaterApp(faust.App):
     serving: Serving
     model_updates: ModelUpdates
     learn: Learn
+    curate: Curate
     gaps: list[Gaps]
 
     def readiness(self) -> dict[str, Any]:
@@ -52,6 +55,7 @@ class HeadwaterApp(faust.App):
             "models": describe(self.serving),
             "heads": describe_heads(self.serving),
             "learning": self.learn.trainers is not None,
+            "curating": sorted(self.curate.curators),
             # TableManager has `recovery`; the TableManagerT protocol does not declare it
             "state_recovered": self.tables.recovery.completed.is_set(),  # type: ignore[attr-defined]
         }
@@ -81,6 +85,8 @@ class HeadwaterApp(faust.App):
         await self.add_runtime_dependency(self.ingest)
         if self.hw.learn:
             await self.add_runtime_dependency(self.learn)
+        if self.hw.curate:
+            await self.add_runtime_dependency(self.curate)
 
     async def on_stop(self) -> None:
         await super().on_stop()
@@ -126,6 +132,7 @@ def create_app(settings: Settings) -> HeadwaterApp:
     app.learn = Learn(settings, app.outbox, {
         m: fam for m, fam in ((settings.sensor_model, "sensor"),
                               (settings.engagement_model, "engagement")) if m})
+    app.curate = Curate(settings, app.outbox)
     app.gaps = wire_agents(app, settings, app.outbox, app.serving)
 
     # faust's App.timer returns a bare Callable, which mypy --strict calls untyped
@@ -153,5 +160,16 @@ def create_app(settings: Settings) -> HeadwaterApp:
         checks = app.readiness()
         return self.json(checks, status=200 if checks["ready"] else 503)
 
+    class Labels(faust.web.View):
+        """POST /labels: label.v1 documents (one, or a list) to `labels`, all or nothing,
+        for a client sending `Authorization: Bearer <HEADWATER_LABELS_TOKEN>`."""
+
+        async def post(self, request: faust.web.Request, **kwargs: Any) -> faust.web.Response:
+            status, body = await receive_labels(
+                settings, app.outbox, request.headers.get("Authorization"), await request.read())
+            extra = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return self.json(body, status=status, headers=extra)
+
+    app.page("/labels")(Labels)
     _ = (metrics, health, ready, dead_letter_summary)
     return app

@@ -9,6 +9,7 @@
     headwater worker -l info             run ingest, featurize and infer
     headwater bench                      the end-to-end benchmark (bench/e2e.py)
     headwater status                     the running worker's /health and /ready
+    headwater labels export|import       curation samples to Label Studio, its labels back
 """
 
 from __future__ import annotations
@@ -294,7 +295,84 @@ def register_commands(app: HeadwaterApp) -> None:
             print("not ready:", exc.read().decode())
             fail("worker is not ready")
 
-    _ = (kafka, train, produce, watch, bench, registry, topics, status)
+    @app.command(
+        argument("action", type=click.Choice(["export", "import"])),
+        argument("export_file", required=False),
+        option("--out", type=click.Path(dir_okay=False), default=None,
+               help="export: the Label Studio tasks file to write"),
+        option("--config", type=click.Path(dir_okay=False), default=None,
+               help="export: also write the Label Studio labelling config (XML) here"),
+        option("--skip-bad", is_flag=True, default=False,
+               help="import: publish the good tasks' labels even when some are bad"),
+    )
+    async def labels(self: AppCommand, action: str, export_file: str | None, out: str | None,
+                     config: str | None, skip_bad: bool) -> None:
+        """Export the curation topic as Label Studio tasks (`--out tasks.json`), or import
+        a Label Studio JSON export (EXPORT_FILE) and publish its labels to `labels`.
+
+        An import with any bad task publishes nothing and exits 1, one line per bad task;
+        with --skip-bad the good ones are published, and it still exits 1."""
+        from pathlib import Path
+
+        import orjson
+        from aiokafka.errors import KafkaError
+
+        from streams.labelling import (
+            LABEL_CONFIG,
+            LabellingError,
+            from_label_studio,
+            publish_labels,
+            read_curation,
+            to_label_studio,
+        )
+        from streams.outbox import Outbox
+
+        if action == "export":
+            if out is None:
+                fail("`headwater labels export` needs --out FILE")
+            try:
+                samples, bad = await read_curation(settings)
+            except LabellingError as exc:
+                fail(str(exc))
+            tasks = to_label_studio(samples)
+            Path(out).write_bytes(orjson.dumps(tasks, option=orjson.OPT_INDENT_2))
+            if config:
+                Path(config).write_text(LABEL_CONFIG)
+            skipped = f"; {len(bad)} messages that are not curation samples skipped" \
+                if bad else ""
+            print(f"exported {len(tasks)} tasks from {len(samples)} curation samples of "
+                  f"{settings.topic('curation')} to {out}{skipped}")
+            return
+        if export_file is None:
+            fail("`headwater labels import` needs the Label Studio JSON export file")
+        try:
+            export = orjson.loads(Path(export_file).read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            fail(f"{export_file}: {exc}")
+        if not isinstance(export, list):
+            fail(f"{export_file}: not a Label Studio JSON export (a list of tasks)")
+        good, errors = from_label_studio(export, now_ms=time.time_ns() // 1_000_000)
+        for i, reason in errors:
+            print(f"headwater: {export_file}: task {i}: {reason}", file=sys.stderr)
+        if errors and not skip_bad:
+            fail(f"{len(errors)} of {len(export)} tasks are bad: nothing published "
+                 "(--skip-bad publishes the good ones)")
+        topic = settings.topic("labels")
+        outbox = Outbox(settings)
+        try:
+            await outbox.start()
+            await publish_labels(outbox, topic, [(x.event_id, x.to_json()) for x in good])
+        except (KafkaError, OSError, RuntimeError) as exc:
+            fail(f"publishing to {topic} failed ({exc!r}); run the import again (a second "
+                 "label of an event is not learned)")
+        finally:
+            await outbox.stop()
+        print(f"published {len(good)} labels to {topic}"
+              + (f"; {len(errors)} bad tasks skipped" if errors else ""))
+        if errors:
+            fail(f"{len(errors)} of {len(export)} tasks were bad and not published")
+
+    _ = (kafka, train, produce, watch, bench, registry, topics, status, labels)
 
 
 def main() -> None:

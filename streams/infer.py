@@ -58,13 +58,16 @@ class Routed:
 _warned: set[str] = set()
 
 
-def route(values: list[bytes], partitions: list[int], serving: Serving) -> Routed:
+def route(values: list[bytes], partitions: list[int], serving: Serving,
+          offsets: list[int] | None = None) -> Routed:
     """Decode feature messages and group them by served model, in message order.
 
     A message that is not Arrow, or whose feature set has the family of a served model
     but another version, is rejected whole (the caller dead-letters it). A feature set
     no served model scores is counted in `headwater_unscored_rows_total`.
     Each model is taken once here: a swap lands between micro-batches, never inside one.
+    With `offsets` (of the messages), each row keeps where its features are
+    (`features_partition`, `features_offset`), for its prediction to say.
     """
     out = Routed()
     for i, (value, partition) in enumerate(zip(values, partitions, strict=True)):
@@ -92,6 +95,11 @@ def route(values: list[bytes], partitions: list[int], serving: Serving) -> Route
                 f"{served.model.name} v{served.model.version} takes {served.feature_set}")))
             continue
         t = t.append_column("source_partition", pa.array([partition] * t.num_rows, pa.int32()))
+        if offsets is not None:
+            t = t.append_column("features_partition",
+                                pa.array([partition] * t.num_rows, pa.int32()))
+            t = t.append_column("features_offset",
+                                pa.array([offsets[i]] * t.num_rows, pa.int64()))
         out.groups.setdefault(fam, (served, []))[1].append(t)
     return out
 
@@ -141,7 +149,8 @@ async def infer_batch(t: pa.Table, served: Served, outbox: Sender, settings: Set
     predict_time = now_ms()
     if settings.predictions_format == "arrow":
         keep = [c for c in ("event_id", "entity_id", "item_id", "event_time", "source_time",
-                            "ingest_time") if c in t.schema.names]
+                            "ingest_time", "features_partition", "features_offset")
+                if c in t.schema.names]
         out = t.select(keep)
         for name, col in (("probability", scores.probability),
                           ("uncertainty", scores.uncertainty), ("variance", scores.variance)):
@@ -152,6 +161,8 @@ async def infer_batch(t: pa.Table, served: Served, outbox: Sender, settings: Set
         out = out.append_column("head_version", pa.array(
             [head[0] if head else None] * t.num_rows, pa.int64()))
         out = out.append_column("predict_time", pa.array([predict_time] * t.num_rows))
+        out = out.replace_schema_metadata({**(out.schema.metadata or {}),
+                                           b"model_name": model.name.encode()})
         pending.append(await outbox.send(topic, write_ipc(out), headers=ARROW_HEADERS))
     else:
         values = predictions_json(t, scores.probability, scores.uncertainty, scores.variance,

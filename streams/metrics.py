@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["BATCH_ROWS", "CONSUMER_LAG", "DEAD_LETTERS", "DRIFT_ALERTS", "DUPLICATES",
+__all__ = ["BATCH_ROWS", "CONSUMER_LAG", "CURATED", "DEAD_LETTERS", "DRIFT_ALERTS", "DUPLICATES",
            "END_TO_END_SECONDS", "EVENTS", "HEAD_LABELS", "HEAD_METRIC", "HEAD_VERSION",
-           "MODEL_SWAPS", "MODEL_VERSION", "OFFSET_GAPS", "REPLAYED", "STAGE_SECONDS",
-           "STATE_RESETS", "UNSCORED"]
+           "LABEL_REQUESTS", "MODEL_SWAPS", "MODEL_VERSION", "OFFSET_GAPS", "REPLAYED",
+           "STAGE_SECONDS", "STATE_RESETS", "UNSCORED"]
 
 EVENTS = Counter("headwater_events_total", "Events processed, by agent", ["agent"])
 DEAD_LETTERS = Counter("headwater_dead_letters_total", "Messages sent to dead-letters",
@@ -49,3 +49,8 @@ HEAD_LABELS = Counter("headwater_head_labels_total",
 HEAD_METRIC = Gauge("headwater_prequential", "Prequential metric of each online head",
                     ["head", "metric", "window"])
 DRIFT_ALERTS = Counter("headwater_drift_alerts_total", "Drift alerts raised", ["head"])
+LABEL_REQUESTS = Counter("headwater_label_requests_total",
+                         "POST /labels requests, by outcome (accepted, unauthorized, disabled, "
+                         "bad-request, unavailable)", ["outcome"])
+CURATED = Counter("headwater_curated_total", "Predictions sent for labelling, by model and slice",
+                  ["model", "slice"])

@@ -6,7 +6,7 @@ a test) and pass the object down.
 >>> s = Settings(topic_prefix="t1-", partitions=2)
 >>> s.topic("sensor-events"), s.partitions
 ('t1-sensor-events', 2)
->>> "hunter2" in repr(Settings(sasl_password="hunter2"))
+>>> "hunter2" in repr(Settings(sasl_password="hunter2", labels_token="hunter2"))
 False
 """
 
@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import ssl
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.curation import Budget, Curator, Slice
 from models.engagement import EngagementConfig
 from models.features import SensorConfig, parse_duration
 from models.head import HeadConfig
@@ -74,6 +76,8 @@ class Settings(BaseSettings):
     app_id: str = Field("headwater", description="Faust app id and consumer group prefix")
     web_host: str = Field("127.0.0.1", description="Worker web server bind address")
     web_port: int = Field(6066, description="Worker web server port (/metrics)")
+    labels_token: SecretStr | None = Field(
+        None, description="Bearer token of POST /labels; unset: the endpoint refuses all")
     data_dir: Path = Field(_CACHE / "worker", description="Worker state directory")
     ingest_max_records: int = Field(4096, ge=1, description="Events per ingest batch, at most")
     ingest_max_wait_ms: int = Field(20, ge=0, description="Longest ingest poll wait")
@@ -143,6 +147,21 @@ class Settings(BaseSettings):
     learn_idle_flush_ms: int = Field(
         2000, ge=1, description="Idle this long, the learner releases what it holds")
 
+    curate: bool = Field(True, description="Run the curate stage (predictions to curation)")
+    curate_strategy: Literal["least-confidence", "margin", "entropy", "ensemble",
+                             "variable-uncertainty", "random"] = Field(
+        "least-confidence", description="How curate scores predictions (models.curation)")
+    curate_budget: str = Field(
+        "1%", description="Labelling budget: a fraction of events (1%, 0.01) or labels an "
+        "hour (120/h, shared out by the partitions each worker holds)")
+    curate_window: str = Field("1h", description="Event time the budget is held over")
+    curate_slices: str = Field(
+        "[]", description='Named slices with a share of the budget each, as JSON: '
+        '[{"name": "night", "where": "hour < 6", "share": 0.3, "drift_boost": 2}]')
+    curate_drift_boost: str = Field(
+        "1h", description="How long (event time) a drift alert raises the share of slices "
+        "with a drift_boost")
+
     # -- local broker (ops/) --------------------------------------------------------
     kafka_home: Path = Field(_CACHE / "kafka", description="Local broker files")
     kafka_port: int = Field(9092, description="Local broker port")
@@ -181,6 +200,28 @@ class Settings(BaseSettings):
                           rolling=self.head_rolling, drift=self.drift_detector,
                           drift_action=self.drift_action, negative_window_ms=window,
                           max_pending=self.head_max_pending)
+
+    def curator(self, share: float = 1.0) -> Curator:
+        """The curator of one model's predictions; `share`: the part of the partitions
+        this worker holds, which a labels-an-hour budget is shared out by.
+
+        >>> c = Settings(curate_budget="120/h", curate_window="30m").curator(share=0.25)
+        >>> c.budget.per_hour, c.budget.window_ms, c.strategy
+        (30.0, 1800000, 'least-confidence')
+        >>> Settings(curate_slices='[{"name": "n", "where": "hour <", "share": 1}]').curator()
+        Traceback (most recent call last):
+        ...
+        ValueError: slice predicate 'hour <': invalid syntax
+        """
+        budget = Budget.parse(self.curate_budget, parse_duration(self.curate_window))
+        if budget.per_hour is not None:
+            budget = replace(budget, per_hour=budget.per_hour * share)
+        try:
+            raw = json.loads(self.curate_slices)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"HEADWATER_CURATE_SLICES is not JSON: {exc}") from None
+        slices = [Slice(**s) for s in raw]
+        return Curator(self.curate_strategy, budget, slices)
 
     def served_models(self) -> list[str]:
         """Registry names of the models the worker serves.

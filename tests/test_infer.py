@@ -94,7 +94,8 @@ def test_column_wise_prediction_json_equals_orjson(
              "uncertainty": u, "variance": u / 4,
              "model_name": 'm"x', "model_version": 3, "head_version": None,
              "head_probability": None, "event_time": et,
-             "source_time": st_, "ingest_time": it, "predict_time": 42}
+             "source_time": st_, "ingest_time": it, "predict_time": 42,
+             "features_partition": None, "features_offset": None}
             for e, k, p, u, et, st_, it in rows]
     assert [orjson.loads(d) for d in docs] == want
     assert all(isinstance(orjson.loads(d)["probability"], float) for d in docs)

@@ -1,0 +1,408 @@
+"""curate: predictions in, the samples most worth a label out to `curation` (DESIGN.md §3).
+
+A consumer group (`<app>-curate`) on `predictions`, read in batches with aiokafka like
+ingest, so scaling by partitions works as for the agents. Each poll's predictions
+(JSON documents or Arrow batches) are decoded into columns per model; that model's
+`models.curation.Curator` (settings: strategy, budget, window, slices) picks the rows to
+label; their features are read back from the `features` message each prediction names
+(`features_partition`, `features_offset`); each pick goes to `curation` as a
+`CurationSample` keyed by event id, with the reason it was chosen. Offsets are committed
+once the samples and dead letters are acknowledged (at-least-once).
+
+Never twice: the curator remembers what it sent, and a worker that starts or takes
+partitions over first reads back the event ids `curation` received within the budget
+window, so predictions replayed after a crash are not sent again. Drift alerts (read
+from `alerts` by every worker) raise the share of slices that have a `drift_boost`.
+A prediction that cannot be read goes to `dead-letters` with its coordinates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from mode import Service
+
+from models.curation import Chosen, Curator
+from models.features import parse_duration
+from schemas.codec import Rejected, header, read_ipc
+from schemas.events import ARROW, JSON, CurationSample, DriftAlert, headers
+from streams.metrics import CONSUMER_LAG, CURATED, EVENTS, STAGE_SECONDS
+from streams.outbox import Outbox
+from streams.settings import Settings
+from streams.topics import partitions_of
+
+__all__ = ["Curate", "PredictionBatch", "decode_predictions", "samples"]
+
+log = logging.getLogger(__name__)
+
+SAMPLE_HEADERS = headers(JSON, "curation-sample.v1")
+MAX_RECORDS = 20_000  # predictions (messages) a poll takes, at most
+NUMBERS = ("probability", "uncertainty", "variance", "head_probability")
+INTS = ("event_time", "model_version", "head_version", "features_partition", "features_offset")
+
+
+@dataclass
+class PredictionBatch:
+    """One model's predictions of a poll, as columns, with each row's coordinates."""
+
+    model: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    where: list[tuple[str, int, int]] = field(default_factory=list)  # topic, partition, offset
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """What the curator reads: the probability curated on is the online head's where
+        one scored the event, else the deep model's."""
+        get = self.rows
+        deep = np.array([r["probability"] for r in get], np.float64)
+        head = np.array([np.nan if r.get("head_probability") is None
+                         else r["head_probability"] for r in get], np.float64)
+        cols: dict[str, np.ndarray] = {
+            "event_id": np.array([r["event_id"] for r in get], object),
+            "entity_id": np.array([r["entity_id"] for r in get], object),
+            "item_id": np.array([r.get("item_id") for r in get], object),
+            "event_time": np.array([r["event_time"] for r in get], np.int64),
+            "probability": np.where(np.isnan(head), deep, head),
+            "deep_probability": deep,
+            "variance": np.array([np.nan if r.get("variance") is None else r["variance"]
+                                  for r in get], np.float64),
+            "model_version": np.array([r["model_version"] for r in get], np.int64),
+        }
+        return cols
+
+
+def _check(d: Any) -> dict[str, Any] | str:
+    """A prediction document's fields curate uses, or why it cannot be used."""
+    if not isinstance(d, dict):
+        return f"a prediction is a JSON object, not {type(d).__name__}"
+    for name in ("event_id", "entity_id", "model_name"):
+        if not isinstance(d.get(name), str) or not d[name]:
+            return f"{name}: expected a non-empty string"
+    for name in NUMBERS:
+        v = d.get(name)
+        if v is None and name != "probability":
+            continue
+        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+            return f"{name}: expected a finite number"
+        if name.endswith("probability") and not 0.0 <= v <= 1.0:
+            return f"{name}: {v} is not in [0, 1]"
+    for name in INTS:
+        v = d.get(name)
+        if v is None and name not in ("event_time", "model_version"):
+            continue
+        if type(v) is not int:
+            return f"{name}: expected an integer"
+    return d
+
+
+def decode_predictions(records: list[Any]
+                       ) -> tuple[dict[str, PredictionBatch], list[tuple[Any, Rejected]]]:
+    """A poll's prediction messages as one batch per model, and the ones refused.
+
+    >>> class Rec:
+    ...     topic, partition, headers = "p", 0, [("content-type", b"application/json")]
+    ...     def __init__(self, value, offset): self.value, self.offset = value, offset
+    >>> good = orjson.dumps({"event_id": "e1", "entity_id": "s", "probability": 0.4,
+    ...     "uncertainty": 0.97, "model_name": "m", "model_version": 2, "event_time": 5})
+    >>> batches, bad = decode_predictions([Rec(good, 7), Rec(b"{", 8),
+    ...                                    Rec(good.replace(b"0.4", b"1.4"), 9)])
+    >>> batches["m"].where, [(r.offset, why.detail) for r, why in bad]
+    ([('p', 0, 7)], [(8, 'not JSON'), (9, 'probability: 1.4 is not in [0, 1]')])
+    """
+    out: dict[str, PredictionBatch] = {}
+    bad: list[tuple[Any, Rejected]] = []
+    for r in records:
+        if header(r.headers, "content-type") == ARROW.encode():
+            try:
+                t = read_ipc(r.value)
+                docs: list[Any] = t.to_pylist()
+                name = (t.schema.metadata or {}).get(b"model_name", b"").decode()
+                for d in docs:
+                    d.setdefault("model_name", d.get("model_name") or name)
+            except (pa.ArrowInvalid, OSError) as exc:
+                bad.append((r, Rejected("bad-arrow", str(exc)[:300])))
+                continue
+        else:
+            try:
+                docs = [orjson.loads(r.value or b"")]
+            except orjson.JSONDecodeError:
+                bad.append((r, Rejected("not-json", "not JSON")))
+                continue
+        for row, d in enumerate(docs):
+            checked = _check(d)
+            if isinstance(checked, str):
+                bad.append((r, Rejected("bad-prediction", checked,
+                                        row if len(docs) > 1 else None)))
+                continue
+            batch = out.setdefault(checked["model_name"], PredictionBatch(checked["model_name"]))
+            batch.rows.append(checked)
+            batch.where.append((r.topic, r.partition, r.offset))
+    return out, bad
+
+
+def samples(batch: PredictionBatch, chosen: list[Chosen], strategy: str,
+            features: dict[str, dict[str, float | None]]) -> list[CurationSample]:
+    """The curation samples of a batch's chosen rows (features by event id, {} when they
+    could not be read back)."""
+    out = []
+    for c in chosen:
+        r = batch.rows[c.row]
+        p = r["probability"] if r.get("head_probability") is None else r["head_probability"]
+        out.append(CurationSample(
+            event_id=r["event_id"], entity_id=r["entity_id"], probability=float(p),
+            uncertainty=float(r.get("uncertainty") or 0.0), strategy=strategy,
+            reason=c.reason, model_version=r["model_version"], event_time=r["event_time"],
+            features=features.get(r["event_id"], {}), slice=c.slice,
+            head_version=r.get("head_version"), model_name=batch.model, score=c.score))
+    return out
+
+
+class FeatureReader:
+    """Reads feature batch messages back by coordinates (a few kept decoded)."""
+
+    def __init__(self, settings: Settings, keep: int = 8) -> None:
+        self.settings = settings
+        self.topic = settings.topic("features")
+        self.keep = keep
+        self.cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+    async def rows(self, wanted: dict[tuple[int, int], list[str]]
+                   ) -> dict[str, dict[str, float | None]]:
+        """Event id -> its features, for the events wanted at each (partition, offset)."""
+        out: dict[str, dict[str, float | None]] = {}
+        for (partition, offset), ids in wanted.items():
+            try:
+                t = await self._message(partition, offset)
+            except Exception as exc:  # features are a courtesy: the sample still goes
+                log.warning("curate: features at %s:%d:%d not read back (%r)", self.topic,
+                            partition, offset, exc)
+                continue
+            if t is None:
+                continue
+            names = (t.schema.metadata or {}).get(b"feature_names", b"").decode().split(",")
+            names = [n for n in names if n in t.schema.names]
+            index = {e: i for i, e in enumerate(t.column("event_id").to_pylist())}
+            at = [index[e] for e in ids if e in index]
+            if not at:
+                continue
+            picked = t.take(at).select(["event_id", *names]).to_pylist()
+            for row in picked:
+                event_id = row.pop("event_id")
+                out[event_id] = {k: (None if v is None or v != v else float(v))
+                                 for k, v in row.items()}
+        return out
+
+    async def _message(self, partition: int, offset: int) -> pa.Table | None:
+        key = (partition, offset)
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return self.cache[key]
+        if self.consumer is None:
+            self.consumer = AIOKafkaConsumer(**self.settings.kafka_options(),
+                                             enable_auto_commit=False,
+                                             auto_offset_reset="earliest",
+                                             max_partition_fetch_bytes=16 * 1024 * 1024)
+            await self.consumer.start()
+        tp = TopicPartition(self.topic, partition)
+        self.consumer.assign([tp])
+        self.consumer.seek(tp, offset)
+        found = None
+        deadline = time.monotonic() + 10
+        while found is None and time.monotonic() < deadline:
+            got = (await self.consumer.getmany(tp, timeout_ms=1000, max_records=1)).get(tp, [])
+            for r in got:
+                if r.offset >= offset:
+                    found = r
+                    break
+        if found is None or found.offset != offset:
+            return None  # gone (retention) or never there
+        t = read_ipc(found.value)
+        self.cache[key] = t
+        while len(self.cache) > self.keep:
+            self.cache.popitem(last=False)
+        return t
+
+
+class Curate(Service):
+    """The curate stage as a mode Service, started with the worker (see the module doc)."""
+
+    def __init__(self, settings: Settings, outbox: Outbox) -> None:
+        super().__init__()
+        self.settings = settings
+        self.outbox = outbox
+        self.group = f"{settings.app_id}-curate"
+        self.topic = settings.topic("predictions")
+        self.curators: dict[str, Curator] = {}
+        self.share = 1.0  # of the predictions partitions this worker holds
+        self.restored: set[str] = set()  # event ids curation received before we started
+        self.features = FeatureReader(settings)
+        self.consumer: AIOKafkaConsumer | None = None
+        self.alerts: AIOKafkaConsumer | None = None
+        self._restore = False
+        settings.curator()  # bad settings fail the worker's start, loudly
+
+    async def on_start(self) -> None:
+        s = self.settings
+        self.consumer = AIOKafkaConsumer(
+            **s.kafka_options(), group_id=self.group, enable_auto_commit=False,
+            auto_offset_reset="earliest", session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(s.session_timeout_ms // 5, 500),
+            max_partition_fetch_bytes=8 * 1024 * 1024)
+        self.consumer.subscribe([self.topic], listener=_Assigned(self))
+        await self.consumer.start()
+        self.alerts = AIOKafkaConsumer(**s.kafka_options(), enable_auto_commit=False,
+                                       auto_offset_reset="latest")
+        await self.alerts.start()
+        parts = await partitions_of(self.alerts, s.topic("alerts"))
+        self.alerts.assign([TopicPartition(s.topic("alerts"), p) for p in parts])
+
+    async def on_stop(self) -> None:
+        for c in (self.consumer, self.alerts):
+            if c is not None:
+                await c.stop()
+        await self.features.stop()
+
+    def curator(self, model: str) -> Curator:
+        c = self.curators.get(model)
+        if c is None:
+            c = self.curators[model] = self.settings.curator(self.share)
+            for event_id in self.restored:
+                c.sent[event_id] = None
+        return c
+
+    def assigned(self, held: int, total: int) -> None:
+        """Partitions changed hands: share a labels-an-hour budget out anew, and read back
+        what curation received lately before the next poll."""
+        self.share = held / total if total else 1.0
+        fresh = self.settings.curator(self.share).budget
+        for c in self.curators.values():
+            c.budget = replace(c.budget, per_hour=fresh.per_hour)
+        self._restore = held > 0
+
+    async def restore_sent(self) -> None:
+        """The event ids `curation` received within the budget window (and a margin)."""
+        s = self.settings
+        since = int(time.time() * 1000) - 2 * parse_duration(s.curate_window)
+        reader = AIOKafkaConsumer(**s.kafka_options(), enable_auto_commit=False,
+                                  auto_offset_reset="earliest")
+        await reader.start()
+        try:
+            topic = s.topic("curation")
+            tps = [TopicPartition(topic, p) for p in await partitions_of(reader, topic)]
+            reader.assign(tps)
+            starts = await reader.offsets_for_times({tp: since for tp in tps})
+            ends = await reader.end_offsets(tps)
+            for tp in tps:
+                at = starts.get(tp)
+                if at is None:
+                    reader.seek(tp, ends[tp])
+                else:
+                    reader.seek(tp, at.offset)
+            todo = {tp for tp in tps if await reader.position(tp) < ends[tp]}
+            while todo:
+                for tp, recs in (await reader.getmany(*todo, timeout_ms=1000)).items():
+                    self.restored.update(r.key.decode() for r in recs if r.key)
+                    if recs and recs[-1].offset + 1 >= ends[tp]:
+                        todo.discard(tp)
+        finally:
+            await reader.stop()
+        for c in self.curators.values():
+            for event_id in self.restored:
+                c.sent[event_id] = None
+        log.info("curate: %d event ids already sent for labelling, read back from %s",
+                 len(self.restored), s.topic("curation"))
+
+    @Service.task
+    async def _run(self) -> None:
+        assert self.consumer is not None
+        while not self.should_stop:
+            polled = await self.consumer.getmany(timeout_ms=200, max_records=MAX_RECORDS)
+            if self._restore:
+                self._restore = False
+                await self.restore_sent()
+            records = [r for recs in polled.values() for r in recs]
+            if records:
+                await self.handle(records)
+                await self.consumer.commit({tp: recs[-1].offset + 1
+                                            for tp, recs in polled.items() if recs})
+                for tp in polled:
+                    high = self.consumer.highwater(tp)
+                    if high is not None:
+                        CONSUMER_LAG.labels(self.group, tp.topic, str(tp.partition)).set(
+                            max(0, high - (polled[tp][-1].offset + 1)))
+
+    @Service.task
+    async def _follow_alerts(self) -> None:
+        assert self.alerts is not None
+        span = parse_duration(self.settings.curate_drift_boost)
+        while not self.should_stop:
+            for recs in (await self.alerts.getmany(timeout_ms=1000)).values():
+                for r in recs:
+                    try:
+                        a = DriftAlert(**orjson.loads(r.value))
+                    except (orjson.JSONDecodeError, TypeError) as exc:
+                        log.warning("curate: an alert at %s:%d:%d is not a drift alert (%r)",
+                                    r.topic, r.partition, r.offset, exc)
+                        continue
+                    for c in self.curators.values():
+                        for sl in c.slices:
+                            if a.slice in (None, sl.name):
+                                c.boost(sl.name, a.event_time + span)
+
+    async def handle(self, records: list[Any]) -> None:
+        """One poll: decode, choose, read features back, send, wait for the broker."""
+        started = time.perf_counter()
+        batches, rejected = decode_predictions(records)
+        pending = [await self.outbox.dead_letter(
+            "curate", why, topic=r.topic, partition=r.partition, offset=r.offset,
+            key=r.key, raw=r.value) for r, why in rejected]
+        out: list[CurationSample] = []
+        for model, batch in batches.items():
+            curator = self.curator(model)
+            chosen = curator.choose(batch.columns())
+            EVENTS.labels("curate").inc(len(batch.rows))
+            if not chosen:
+                continue
+            wanted: dict[tuple[int, int], list[str]] = {}
+            for c in chosen:
+                r = batch.rows[c.row]
+                if r.get("features_offset") is not None:
+                    wanted.setdefault((r["features_partition"], r["features_offset"]),
+                                      []).append(r["event_id"])
+            features = await self.features.rows(wanted)
+            for sample in samples(batch, chosen, curator.strategy, features):
+                out.append(sample)
+                CURATED.labels(model, sample.slice or "rest").inc()
+        if out:
+            pending += await self.outbox.send_keyed(
+                self.settings.topic("curation"), [x.event_id for x in out],
+                [x.to_json() for x in out], SAMPLE_HEADERS)
+        await asyncio.gather(*pending)
+        STAGE_SECONDS.labels("curate").observe(time.perf_counter() - started)
+
+
+class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, curate: Curate) -> None:
+        self.curate = curate
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        consumer = self.curate.consumer
+        total = len(consumer.partitions_for_topic(self.curate.topic) or []) if consumer else 0
+        self.curate.assigned(len(assigned), total or len(assigned))
