@@ -30,6 +30,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from mode import Service
 
 from models.curation import Chosen, Curator
@@ -368,19 +369,50 @@ class Curate(Service):
         assert self.consumer is not None
         while not self.should_stop:
             polled = await self.consumer.getmany(timeout_ms=200, max_records=MAX_RECORDS)
-            if self._restore:
-                self._restore = False
-                await self.restore_sent()
-            records = [r for recs in polled.values() for r in recs]
-            if records:
-                await self.handle(records)
-                await self.consumer.commit({tp: recs[-1].offset + 1
-                                            for tp, recs in polled.items() if recs})
-                for tp in polled:
-                    high = self.consumer.highwater(tp)
-                    if high is not None:
-                        CONSUMER_LAG.labels(self.group, tp.topic, str(tp.partition)).set(
-                            max(0, high - (polled[tp][-1].offset + 1)))
+            try:
+                if self._restore:
+                    self._restore = False
+                    await self.restore_sent()
+                if any(polled.values()):
+                    await self.handle([r for recs in polled.values() for r in recs])
+                    await self._commit(polled)
+            except Exception:  # never take the worker down: read the poll again
+                log.exception("curate: a poll of %d predictions failed; reading it again",
+                              sum(len(v) for v in polled.values()))
+                await self._rewind()
+                await asyncio.sleep(1.0)
+
+    async def _commit(self, polled: dict[TopicPartition, list[Any]]) -> None:
+        """Commit what was handled of the partitions still held (a rebalance may have
+        moved some while the poll was handled: their next owner reads them again, and
+        skips the samples sent here, see restore_sent)."""
+        assert self.consumer is not None
+        held = self.consumer.assignment()
+        done = {tp: recs[-1].offset + 1 for tp, recs in polled.items() if recs and tp in held}
+        try:
+            await self.consumer.commit(done)
+        except (CommitFailedError, IllegalStateError) as exc:
+            log.info("curate: commit refused during a rebalance (%r); the next owner "
+                     "reads those predictions again", exc)
+            return
+        for tp, offset in done.items():
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                CONSUMER_LAG.labels(self.group, tp.topic, str(tp.partition)).set(
+                    max(0, high - offset))
+
+    async def _rewind(self) -> None:
+        """Back to the committed offsets of the partitions held."""
+        assert self.consumer is not None
+        for tp in self.consumer.assignment():
+            try:
+                at = await self.consumer.committed(tp)
+                if at is None:
+                    await self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek(tp, at)
+            except Exception:
+                log.exception("curate: could not rewind %s", tp)
 
     @Service.task
     async def _follow_alerts(self) -> None:

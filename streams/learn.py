@@ -193,7 +193,8 @@ class Learn(Service):
                     await self.handle(r)
                 STAGE_SECONDS.labels("learn").observe(time.perf_counter() - started)
                 self._idle_since = time.monotonic()
-                high = self.consumer.highwater(self.tp)
+                high = self.consumer.highwater(self.tp) \
+                    if self.tp in self.consumer.assignment() else None  # revoked meanwhile
                 if high is not None:
                     CONSUMER_LAG.labels(self.group, self.tp.topic, "0").set(
                         max(0, high - self.offset))
