@@ -50,6 +50,7 @@ __all__ = [
     "validate_sensor_table",
     "with_metadata",
     "write_ipc",
+    "write_ipc_parts",
 ]
 
 Headers = Sequence[tuple[str, bytes]]
@@ -378,8 +379,9 @@ class SensorBatchBuilder(BatchBuilder):
                 [(r[keys[0]],) for r in self._readings]
             matrix = np.array(rows, dtype=np.float64)
             cols += [pa.array(matrix[:, j]) for j in range(len(keys))]
-        except KeyError:
-            cols += [pa.array([r.get(k) for r in self._readings], pa.float64()) for k in keys]
+        except KeyError:  # some lack some: null there (float(): an int past 2**53 is valid)
+            cols += [pa.array([None if (x := r.get(k)) is None else float(x)
+                               for r in self._readings], pa.float64()) for k in keys]
         schema = _with_readings(keys)
         self._parts.append(pa.RecordBatch.from_arrays(cols, schema=schema))
         for column in self._base.values():  # in place: add_records holds these lists
@@ -417,11 +419,26 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
 Checked = Rejected | tuple[pa.Table, list[Rejected]]
 
 
+#: the end-of-stream marker every Arrow IPC stream writer writes when it is closed
+ARROW_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+
+
 def read_checked(value: bytes | None, validate: Callable[[pa.Table], Checked]) -> Checked:
     """Read one Arrow message and check it with `validate`: the good rows and a reason
-    per bad one, or one reason when the message is empty or unreadable."""
+    per bad one, or one reason when the message is empty or unreadable.
+
+    A stream must end with its end-of-stream marker: a reader takes a stream cut just
+    after a message for a whole one, so a batch cut after its schema would read as no
+    rows at all, and pass unnoticed.
+
+    >>> t = pa.table({"a": [1]})
+    >>> read_checked(write_ipc(t)[:-8], lambda t: (t, [])).reason
+    'bad-arrow'
+    """
     if not value:
         return Rejected("empty-value", "message value is empty or null")
+    if not value.endswith(ARROW_EOS):
+        return Rejected("bad-arrow", "no end-of-stream marker: the stream is cut short")
     try:
         table = read_ipc(value)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
@@ -529,6 +546,27 @@ def write_ipc(batch: pa.RecordBatch | pa.Table) -> bytes:
     with pa.ipc.new_stream(sink, batch.schema) as writer:
         writer.write(batch)
     return bytes(sink.getvalue())
+
+
+def write_ipc_parts(batch: pa.RecordBatch | pa.Table, limit: int) -> list[bytes]:
+    """`batch` as Arrow IPC streams of at most `limit` bytes each, rows in order: one
+    stream when it fits (a single row over the limit stays one stream).
+
+    A batch re-encoded with more columns can outgrow the largest message the broker
+    takes even when the messages it came from fit: sending it whole failed and stopped
+    the stage.
+
+    >>> t = pa.table({"a": list(range(1000))})
+    >>> parts = write_ipc_parts(t, 3000)
+    >>> len(parts) > 1, sum(read_ipc(p).num_rows for p in parts), max(map(len, parts)) <= 3000
+    (True, 1000, True)
+    """
+    value = write_ipc(batch)
+    if len(value) <= limit or batch.num_rows <= 1:
+        return [value]
+    step = max(1, batch.num_rows * limit // len(value) * 9 // 10)
+    return [part for lo in range(0, batch.num_rows, step)
+            for part in write_ipc_parts(batch.slice(lo, step), limit)]
 
 
 def read_ipc(value: bytes) -> pa.Table:

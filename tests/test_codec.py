@@ -164,3 +164,32 @@ def test_an_arrow_batch_with_a_repeated_column_is_rejected_not_raised() -> None:
                              names=["event_id", "sensor_id", "event_time", "readings.t",
                                     "readings.t"])
     assert validate_sensor_table(t) == Rejected("bad-arrow", "duplicate columns: readings.t")
+
+
+def test_an_arrow_batch_cut_short_at_a_message_boundary_is_rejected() -> None:
+    """Cut just after its schema, a stream reads as a valid one of no rows: without the
+    end-of-stream check the batch vanished, neither decoded nor dead-lettered (found by
+    tests/test_fuzz.py)."""
+    t = pa.table({"event_id": ["a"], "sensor_id": ["s"], "event_time": [1], "readings.x": [1.0]})
+    whole = write_ipc(t)
+    after_schema = whole[:len(write_ipc(t.slice(0, 0))) - 8]
+    assert read_ipc(after_schema).num_rows == 0  # what a reader makes of it
+    for cut in (after_schema, whole[:-8], whole[:-4]):
+        b = SensorBatchBuilder()
+        assert b.add_records([FakeRecord(cut, ARROW_H, 0)], 0) == [
+            (0, Rejected("bad-arrow", "no end-of-stream marker: the stream is cut short"))]
+        assert len(b) == 0
+
+
+def test_an_integer_reading_past_2_to_the_53_is_kept_beside_events_with_other_readings() -> None:
+    """JSON numbers are valid readings at any size; one that a double cannot hold exactly,
+    in a poll whose events have different readings, made `build` raise and stopped ingest,
+    the whole worker, and every restart after it (found by tests/test_fuzz.py)."""
+    b = SensorBatchBuilder()
+    records = [FakeRecord(orjson.dumps({**GOOD, "event_id": "a", "readings": {"t": 2**64 - 1}}),
+                          [], 0),
+               FakeRecord(orjson.dumps({**GOOD, "event_id": "b", "readings": {"u": 1}}), [], 1)]
+    assert b.add_records(records, 0) == []
+    batch = b.build()
+    assert batch.column("readings.t").to_pylist() == [float(2**64 - 1), None]
+    assert batch.column("readings.u").to_pylist() == [None, 1.0]
