@@ -166,6 +166,8 @@ class Settings(BaseSettings):
     kafka_home: Path = Field(_CACHE / "kafka", description="Local broker files")
     kafka_port: int = Field(9092, description="Local broker port")
     kafka_controller_port: int = Field(9093, description="Local KRaft controller port")
+    kafka_sasl_port: int = Field(
+        9094, description="Local broker SASL_SSL port (`headwater kafka start --sasl`)")
 
     def sensor_features(self) -> SensorConfig:
         """The sensor feature set these settings configure.
