@@ -4,4 +4,4 @@ No ML math here: agents call the pure functions in `models/`.
 """
 
 __all__ = ["agents", "app", "broker", "cli", "ingest", "labelling", "logs", "metrics", "outbox",
-           "produce", "settings", "topics", "watch"]
+           "produce", "security", "settings", "topics", "watch"]

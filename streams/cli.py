@@ -1,6 +1,7 @@
 """The `headwater` command: Faust's own CLI (`worker`, ...) plus headwater's commands.
 
     headwater kafka start|stop|status    the local broker (ops/, no Docker)
+    headwater kafka start --sasl         ... with a SASL_SSL listener (SCRAM, test CA)
     headwater train shuttle|movielens    train the sensor or engagement model, promote it
     headwater train --parquet EVENTS     the same from a Parquet file of either kind of event
     headwater produce shuttle            replay a dataset into sensor-events
@@ -10,10 +11,13 @@
     headwater bench                      the end-to-end benchmark (bench/e2e.py)
     headwater status                     the running worker's /health and /ready
     headwater labels export|import       curation samples to Label Studio, its labels back
+    headwater export TOPIC --out DIR     a topic range to Parquet (resumable)
+    headwater replay --events T --out DIR   recorded events through candidate models, a report
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -21,15 +25,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from faust.cli import AppCommand, argument, option
 from tqdm import tqdm
 
-from streams.app import HeadwaterApp, create_app
 from streams.broker import OPS_DIR, BrokerError, LocalKafka
+from streams.security import BrokerSecurityError, check_broker
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.app import HeadwaterApp
 
 __all__ = ["local_kafka", "main"]
 
@@ -37,9 +44,17 @@ __all__ = ["local_kafka", "main"]
 SHARED_DATA = OPS_DIR.parent.parent / "shared" / "data"
 
 
-def local_kafka(settings: Settings) -> LocalKafka:
-    """The local broker that `settings` describe."""
-    return LocalKafka(settings.kafka_home, settings.kafka_port, settings.kafka_controller_port)
+def local_kafka(settings: Settings, sasl: bool = False) -> LocalKafka:
+    """The local broker that `settings` describe; `sasl`: with its SASL_SSL listener, for
+    the SCRAM user `sasl_username` (default `headwater`) with password `sasl_password`."""
+    if not sasl:
+        return LocalKafka(settings.kafka_home, settings.kafka_port,
+                          settings.kafka_controller_port)
+    return LocalKafka(settings.kafka_home, settings.kafka_port, settings.kafka_controller_port,
+                      sasl_port=settings.kafka_sasl_port,
+                      sasl_username=settings.sasl_username or "headwater",
+                      sasl_password=settings.sasl_password.get_secret_value()
+                      if settings.sasl_password else "")
 
 
 def fail(message: str) -> NoReturn:
@@ -52,15 +67,21 @@ def fail(message: str) -> NoReturn:
 def register_commands(app: HeadwaterApp) -> None:
     settings = app.hw
 
-    @app.command(argument("action", type=click.Choice(["start", "stop", "status"])))
-    async def kafka(self: AppCommand, action: str) -> None:
+    @app.command(argument("action", type=click.Choice(["start", "stop", "status"])),
+                 option("--sasl", is_flag=True, default=False,
+                        help="Also listen for SASL_SSL (SCRAM-SHA-512 over TLS, a test CA) on "
+                             "HEADWATER_KAFKA_SASL_PORT, for HEADWATER_SASL_USERNAME with "
+                             "HEADWATER_SASL_PASSWORD"))
+    async def kafka(self: AppCommand, action: str, sasl: bool) -> None:
         """Start, stop or report the local Kafka broker (resolved by ops/ from Maven)."""
-        node = local_kafka(settings)
+        node = local_kafka(settings, sasl=sasl)
         try:
             if action == "start":
                 t = time.monotonic()
                 pid = node.start()
-                print(f"kafka running pid={pid} bootstrap={node.bootstrap} "
+                secured = (f" sasl_ssl={node.sasl_bootstrap} ca={node.ca_file}"
+                           if sasl else "")
+                print(f"kafka running pid={pid} bootstrap={node.bootstrap}{secured} "
                       f"({time.monotonic() - t:.1f}s) log: {node.log_path}")
             elif action == "stop":
                 print("kafka stopped" if node.stop() else "kafka was not running")
@@ -372,7 +393,143 @@ def register_commands(app: HeadwaterApp) -> None:
         if errors:
             fail(f"{len(errors)} of {len(export)} tasks were bad and not published")
 
-    _ = (kafka, train, produce, watch, bench, registry, topics, status, labels)
+    @app.command(
+        argument("topic"),
+        option("--out", type=click.Path(file_okay=False), default=None,
+               help="Output folder: rows go to OUT/TOPIC/date=YYYY-MM-DD/*.parquet"),
+        option("--partition", "partitions", type=int, multiple=True,
+               help="A partition to export (repeat for more); default all"),
+        option("--from-offset", type=int, default=None, help="First offset (inclusive)"),
+        option("--from-time", default=None,
+               help="First Kafka timestamp (inclusive): ISO 8601 (UTC if no zone) or ms"),
+        option("--to-offset", type=int, default=None, help="End offset (exclusive)"),
+        option("--to-time", default=None, help="End Kafka timestamp (exclusive)"),
+        option("--limit", type=int, default=None,
+               help="Stop after about N messages; the same command again goes on"),
+        option("--rows-per-file", type=int, default=500_000,
+               help="Write a partition's rows when this many are waiting"),
+    )
+    async def export(self: AppCommand, topic: str, out: str | None, partitions: tuple[int, ...],
+                     from_offset: int | None, from_time: str | None, to_offset: int | None,
+                     to_time: str | None, limit: int | None, rows_per_file: int) -> None:
+        """Export a topic range (TOPIC before the prefix, e.g. sensor-events) to Parquet,
+        decoded as the pipeline decodes it; an interrupted export goes on where it stopped
+        when run again with the same arguments."""
+        from pathlib import Path
+
+        from aiokafka.errors import KafkaError
+
+        from streams.export import ExportError, Range, Summary, export_range, parse_time
+
+        if out is None:
+            fail("`headwater export` needs --out DIR")
+        bars: list[tqdm[Any]] = []  # made once the range is known to be good
+
+        def started(s: Summary) -> None:  # rate and ETA over the whole range
+            bars.append(tqdm(total=s.total, initial=s.messages, unit="msg", unit_scale=True,
+                             file=sys.stderr, disable=None))
+
+        t = time.monotonic()
+        try:
+            spec = Range(partitions=tuple(partitions) or None, start_offset=from_offset,
+                         end_offset=to_offset,
+                         start_time=None if from_time is None else parse_time(from_time),
+                         end_time=None if to_time is None else parse_time(to_time))
+            s = await export_range(settings, topic, spec, Path(out), limit=limit,
+                                   rows_per_file=rows_per_file, on_start=started,
+                                   progress=lambda n: bars[0].update(n))
+        except ExportError as exc:
+            fail(str(exc))
+        except KafkaError as exc:
+            fail(f"export of {settings.topic(topic)} failed ({exc!r}); run it again to go on")
+        except OSError as exc:
+            fail(f"cannot write the export to {out}: {exc}")
+        finally:
+            for bar in bars:
+                bar.close()
+        if s.already:
+            print(f"export of {s.topic} to {s.path} was already complete: {s.rows} rows, "
+                  f"{s.rejected} rejected")
+            return
+        dt = time.monotonic() - t
+        rejected = f"; {s.rejected} rejected ({s.path}/_rejected)" if s.rejected else \
+            "; 0 rejected"
+        status = "complete" if s.complete else \
+            f"INCOMPLETE ({s.messages} of {s.total} messages): run the same command to go on"
+        print(f"exported {s.rows} rows from {s.messages} messages of {s.topic} to {s.path} "
+              f"in {dt:.1f}s{rejected}; {status}")
+
+    @app.command(
+        option("--events", default=None,
+               help="Events: a topic (before the prefix, e.g. sensor-events) or a Parquet "
+                    "export (OUT/TOPIC) or file"),
+        option("--labels", default="labels",
+               help="Labels: a topic (all of it) or a Parquet export or file"),
+        option("--candidate", "candidates", multiple=True,
+               help="[NAME=]MODEL[:VERSION][@HEAD SPEC], repeat to compare; default the "
+                    "promoted version of the events' model"),
+        option("--out", type=click.Path(file_okay=False), default=None,
+               help="Report folder: report.html, report.json, PNG plots, predictions"),
+        option("--partition", "partitions", type=int, multiple=True,
+               help="A partition of the events topic (repeat for more); default all"),
+        option("--from-offset", type=int, default=None, help="First offset (inclusive)"),
+        option("--from-time", default=None,
+               help="First Kafka timestamp (inclusive): ISO 8601 (UTC if no zone) or ms"),
+        option("--to-offset", type=int, default=None, help="End offset (exclusive)"),
+        option("--to-time", default=None, help="End Kafka timestamp (exclusive)"),
+        option("--every", type=int, default=500, help="Labels between metric points"),
+    )
+    async def replay(self: AppCommand, events: str | None, labels: str,
+                     candidates: tuple[str, ...], out: str | None, partitions: tuple[int, ...],
+                     from_offset: int | None, from_time: str | None, to_offset: int | None,
+                     to_time: str | None, every: int) -> None:
+        """Replay recorded events and labels through featurize, infer and learn in
+        process, for one or more candidates side by side, and write a report."""
+        from pathlib import Path
+
+        from aiokafka.errors import KafkaError
+
+        from streams.export import ExportError, Range, parse_time
+        from streams.replay import Candidate, ReplayError, run
+
+        if events is None or out is None:
+            fail("`headwater replay` needs --events TOPIC|PARQUET and --out DIR")
+        try:
+            spec = Range(partitions=tuple(partitions) or None, start_offset=from_offset,
+                         end_offset=to_offset,
+                         start_time=None if from_time is None else parse_time(from_time),
+                         end_time=None if to_time is None else parse_time(to_time))
+            chosen = [Candidate.parse(c) for c in candidates]
+            # read_range runs its own event loop: off this one
+            line = await asyncio.to_thread(run, settings, events, labels, spec, chosen,
+                                           Path(out), every)
+        except (ReplayError, ExportError) as exc:
+            fail(str(exc))
+        except KafkaError as exc:
+            fail(f"replay could not read from Kafka: {exc!r}")
+        except OSError as exc:
+            fail(f"cannot write the report to {out}: {exc}")
+        print(line)
+
+    _ = (kafka, train, produce, watch, bench, registry, topics, status, labels, export, replay)
+
+
+#: commands that talk to the broker (`registry list` aside)
+BROKER_COMMANDS = frozenset({"worker", "produce", "watch", "registry", "topics", "labels",
+                             "export", "send", "replay"})
+
+
+def check_security(settings: Settings, args: list[str]) -> None:
+    """Before a command that talks to the broker over TLS or SASL: one connection with the
+    clients' options; an untrusted certificate or a refused login is one line and exit 1
+    (the clients would retry it for ever)."""
+    command = next((i for i, a in enumerate(args) if a in BROKER_COMMANDS), None)
+    if command is None or args[command:command + 2] == ["registry", "list"]:
+        return
+    try:
+        asyncio.run(check_broker(settings))
+    except BrokerSecurityError as exc:
+        fail(str(exc))
 
 
 def main() -> None:
@@ -380,6 +537,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
     settings = Settings()
+    check_security(settings, sys.argv[1:])
+    from streams.app import create_app  # after the check: the app imports torch and river
+
     app = create_app(settings)
     register_commands(app)
     app.main()
