@@ -345,6 +345,20 @@ class Curator:
         out[REST] = max(0.0, 1.0 - named)
         return out
 
+    def use(self) -> dict[str, float]:
+        """Each slice's labels in the current window over the labels its budget allows
+        there (1.0: the budget is spent; 0 where nothing is allowed yet)."""
+        if self.now == -math.inf:
+            return {name: 0.0 for name in self.windows}
+        total = sum(w.events_since(int(self.now) - self.budget.window_ms)
+                    for w in self.windows.values())
+        shares = self.shares()
+        out = {}
+        for name, w in self.windows.items():
+            allowed = shares[name] * self.budget.allowed(total)
+            out[name] = w.taken / allowed if allowed > 0 else 0.0
+        return out
+
     def choose(self, cols: Columns) -> list[Chosen]:
         """The rows of one batch to label, in row order. `cols` holds at least event_id,
         event_time and probability (and variance for `ensemble`, and the fields the

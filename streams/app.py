@@ -21,6 +21,7 @@ from streams.ingest import Ingest
 from streams.labelling import receive_labels
 from streams.learn import Learn
 from streams.logs import json_logging_config
+from streams.metrics import CONSUMER_LAG
 from streams.outbox import Outbox
 from streams.serving import ModelUpdates, Serving, describe, describe_heads
 from streams.settings import Settings
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 #: the topics the agents read (ingest's own consumer group commits for its inputs)
 AGENT_INPUTS = ("sensor-batches", "engagement-batches", "features")
+LAG_INTERVAL_S = 5.0  # how often the agents' consumer lag is measured
 
 
 class HeadwaterApp(faust.App):
@@ -143,6 +145,20 @@ def create_app(settings: Settings) -> HeadwaterApp:
         if line:
             log.warning(line)
 
+    inputs = {settings.topic(name) for name in AGENT_INPUTS}
+
+    @app.timer(interval=LAG_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def agent_lag() -> None:
+        """headwater_consumer_lag of the agents' input partitions: the partition's end
+        minus the offset Faust committed for the group."""
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp) if tp.topic in inputs else None
+            done = consumer._committed_offset.get(tp)  # type: ignore[attr-defined]  # Faust-internal
+            if high is not None and done is not None:
+                CONSUMER_LAG.labels(settings.app_id, tp.topic, str(tp.partition)).set(
+                    max(0, high - done))
+
     @app.page("/metrics")
     async def metrics(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         # aiohttp refuses a charset inside content_type; Prometheus reads utf-8 anyway
@@ -171,5 +187,5 @@ def create_app(settings: Settings) -> HeadwaterApp:
             return self.json(body, status=status, headers=extra)
 
     app.page("/labels")(Labels)
-    _ = (metrics, health, ready, dead_letter_summary)
+    _ = (metrics, health, ready, dead_letter_summary, agent_lag)
     return app

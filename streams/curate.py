@@ -37,7 +37,13 @@ from models.curation import Chosen, Curator
 from models.features import parse_duration
 from schemas.codec import Rejected, header, read_ipc
 from schemas.events import ARROW, JSON, CurationSample, DriftAlert, headers
-from streams.metrics import CONSUMER_LAG, CURATED, EVENTS, STAGE_SECONDS
+from streams.metrics import (
+    CONSUMER_LAG,
+    CURATED,
+    CURATION_BUDGET_USE,
+    EVENTS,
+    STAGE_SECONDS,
+)
 from streams.outbox import Outbox
 from streams.settings import Settings
 from streams.topics import partitions_of
@@ -444,6 +450,8 @@ class Curate(Service):
             curator = self.curator(model)
             chosen = curator.choose(batch.columns())
             EVENTS.labels("curate").inc(len(batch.rows))
+            for name, use in curator.use().items():
+                CURATION_BUDGET_USE.labels(model, name).set(use)
             if not chosen:
                 continue
             wanted: dict[tuple[int, int], list[str]] = {}

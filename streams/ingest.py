@@ -142,6 +142,7 @@ class Ingest(Service):
             route = self.routes[tp.topic]
             builder = route.builder(tp.partition)
             ingest_time = now_ms()
+            decoding = time.perf_counter()
             try:
                 rejected = builder.add_records(records, ingest_time)
             except Exception:  # a codec bug must not stop the stream: go one by one
@@ -152,6 +153,7 @@ class Ingest(Service):
                         rejected += [(i, r) for _, r in builder.add_records([rec], ingest_time)]
                     except Exception as exc:
                         rejected.append((i, Rejected("decode-error", repr(exc)[:300])))
+            STAGE_SECONDS.labels("decode").observe(time.perf_counter() - decoding)
             for i, r in rejected:
                 rec = records[i]
                 pending.append(await self.outbox.dead_letter(
@@ -185,4 +187,5 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.in_flight.join()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        pass
+        log.info("ingest: assigned %s", ", ".join(f"{tp.topic}:{tp.partition}"
+                                                  for tp in sorted(assigned)) or "nothing")

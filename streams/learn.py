@@ -49,7 +49,8 @@ from streams.outbox import Outbox, now_ms
 from streams.settings import Settings
 from streams.topics import MAX_MESSAGE_BYTES, latest_by_key
 
-__all__ = ["LABEL_BATCH_HEADERS", "Learn", "head_name"]
+__all__ = ["LABEL_BATCH_HEADERS", "Learn", "add_label", "add_questions", "head_name",
+           "label_model"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,33 @@ QUESTION = b"head-question.v1"
 LABELS = b"label.v1"
 FLUSH = b"learn-flush.v1"
 CHECKPOINT = b"learn-checkpoint.v1"
+
+
+def add_questions(trainer: Trainer, t: pa.Table) -> list[str]:
+    """Hand a question table (`streams.infer.questions`) to `trainer`, row by row, as
+    the learn stage does (features as float64 `Row`s); the event ids. Replay calls it
+    too, so both feed a head the same numbers."""
+    names = tuple(n for n in t.schema.names if n not in ("event_id", "entity_id", "event_time"))
+    ids: list[str] = t.column("event_id").to_pylist()
+    entities = t.column("entity_id").to_pylist()
+    times = t.column("event_time").to_pylist()
+    x = np.column_stack([t.column(n).to_numpy().astype(np.float64) for n in names])
+    trainer.names = names
+    for i, event_id in enumerate(ids):
+        trainer.question(times[i], event_id, Row(names, x[i]), entities[i] or "")
+    return ids
+
+
+def label_model(row: dict[str, Any], owner: dict[str, str], default: str) -> str:
+    """The model whose head learns label `row`: the one it names, else the one that
+    asked its event (`owner`), else `default`."""
+    model: str = row["model"] or owner.get(row["event_id"], default)
+    return model
+
+
+def add_label(trainer: Trainer, row: dict[str, Any], where: Any = None) -> None:
+    """One label row (label.v1 as ingest decodes it) to `trainer`, due at its label time."""
+    trainer.label(row["label_time"], row["event_id"], row["value"], row["source"], where)
 
 
 def head_name(model: str) -> str:
@@ -140,6 +168,8 @@ class Learn(Service):
             log.info("learn: restored heads at training offset %d (%s)", self.offset,
                      ", ".join(f"{head_name(m)} v{t.head.updates}"
                                for m, t in self.trainers.items()))
+        for m in self.trainers:
+            DRIFT_ALERTS.labels(head_name(m))  # exported at 0 before the first alert
         self._checkpointed = self.offset
         self.consumer.seek(self.tp, self.offset)
         self.consumer.resume(self.tp)
@@ -244,16 +274,8 @@ class Learn(Service):
         trainer = self.trainers.get(model)
         if trainer is None:
             return  # a deep model without a head here (learning switched off for it)
-        names = tuple(n for n in t.schema.names
-                      if n not in ("event_id", "entity_id", "event_time"))
-        ids = t.column("event_id").to_pylist()
-        entities = t.column("entity_id").to_pylist()
-        times = t.column("event_time").to_pylist()
-        x = np.column_stack([t.column(n).to_numpy().astype(np.float64) for n in names])
-        trainer.names = names
         owner = self.owner
-        for i, event_id in enumerate(ids):
-            trainer.question(times[i], event_id, Row(names, x[i]), entities[i] or "")
+        for event_id in add_questions(trainer, t):
             owner[event_id] = model
         while len(owner) > 4 * self.settings.head_max_pending:
             owner.pop(next(iter(owner)))
@@ -266,7 +288,7 @@ class Learn(Service):
         labels = self.settings.topic("labels")
         for row in t.to_pylist():
             where = (row["source_partition"], row["source_offset"])
-            model = row["model"] or self.owner.get(row["event_id"], default)
+            model = label_model(row, self.owner, default)
             trainer = self.trainers.get(model)
             if trainer is None:
                 await self.outbox.dead_letter(
@@ -275,8 +297,7 @@ class Learn(Service):
                     topic=labels, partition=where[0], offset=where[1],
                     key=row["event_id"].encode(), raw=orjson.dumps(row))
                 continue
-            trainer.label(row["label_time"], row["event_id"], row["value"], row["source"],
-                          where)
+            add_label(trainer, row, where)
 
     async def _act(self, model: str, o: Outcome) -> None:
         name = head_name(model)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["BATCH_ROWS", "CONSUMER_LAG", "CURATED", "DEAD_LETTERS", "DRIFT_ALERTS", "DUPLICATES",
-           "END_TO_END_SECONDS", "EVENTS", "HEAD_LABELS", "HEAD_METRIC", "HEAD_VERSION",
-           "LABEL_REQUESTS", "MODEL_SWAPS", "MODEL_VERSION", "OFFSET_GAPS", "REPLAYED",
-           "STAGE_SECONDS", "STATE_RESETS", "UNSCORED"]
+__all__ = ["BATCH_ROWS", "CONSUMER_LAG", "CURATED", "CURATION_BUDGET_USE", "DEAD_LETTERS",
+           "DRIFT_ALERTS", "DUPLICATES", "END_TO_END_SECONDS", "EVENTS", "HEAD_LABELS",
+           "HEAD_METRIC", "HEAD_VERSION", "LABEL_REQUESTS", "MODEL_SWAPS", "MODEL_VERSION",
+           "OFFSET_GAPS", "REPLAYED", "STAGE_SECONDS", "STATE_RESETS", "UNSCORED"]
 
 EVENTS = Counter("headwater_events_total", "Events processed, by agent", ["agent"])
 DEAD_LETTERS = Counter("headwater_dead_letters_total", "Messages sent to dead-letters",
@@ -54,3 +54,6 @@ LABEL_REQUESTS = Counter("headwater_label_requests_total",
                          "bad-request, unavailable)", ["outcome"])
 CURATED = Counter("headwater_curated_total", "Predictions sent for labelling, by model and slice",
                   ["model", "slice"])
+CURATION_BUDGET_USE = Gauge("headwater_curation_budget_use",
+                            "Labels asked in the current budget window over the labels the "
+                            "budget allows there, by model and slice", ["model", "slice"])

@@ -36,8 +36,9 @@ def settings(settings: Settings) -> Settings:
                                        "curate_window": "1d"})
 
 
-async def curate_done(s: Settings) -> bool:
-    """The curate group has committed every prediction."""
+async def curate_behind(s: Settings) -> list[tuple[int, int | None, int]]:
+    """(partition, committed, end) of each non-empty predictions partition curate has
+    not committed to its end."""
     admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap)
     c = AIOKafkaConsumer(bootstrap_servers=s.bootstrap)
     await admin.start()
@@ -46,10 +47,16 @@ async def curate_done(s: Settings) -> bool:
         parts = [TopicPartition(s.topic("predictions"), p) for p in range(s.partitions)]
         end = await c.end_offsets(parts)
         done = await admin.list_consumer_group_offsets(f"{s.app_id}-curate")
-        return all(tp in done and done[tp].offset >= end[tp] for tp in parts)
+        return [(tp.partition, done[tp].offset if tp in done else None, end[tp])
+                for tp in parts if end[tp] and (tp not in done or done[tp].offset < end[tp])]
     finally:
         await c.stop()
         await admin.close()
+
+
+async def curate_done(s: Settings) -> bool:
+    """The curate group has committed every prediction."""
+    return not await curate_behind(s)
 
 
 async def send_bad(s: Settings) -> None:

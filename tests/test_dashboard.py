@@ -35,8 +35,26 @@ def test_every_panel_queries_an_exported_metric() -> None:
             assert names, (panel["title"], expr)
             assert names <= known, (panel["title"], names - known)
             used |= names
+    # the loop at a glance: rates and errors per agent, batch sizes, stage and end-to-end
+    # latencies, lag, curation, model and head versions, prequential metrics, drift
     assert {"headwater_events_total", "headwater_dead_letters_total",
-            "headwater_end_to_end_seconds_bucket"} <= used
+            "headwater_batch_rows_sum", "headwater_stage_seconds_bucket",
+            "headwater_end_to_end_seconds_bucket", "headwater_consumer_lag",
+            "headwater_curated_total", "headwater_curation_budget_use",
+            "headwater_model_version", "headwater_head_version", "headwater_prequential",
+            "headwater_drift_alerts_total"} <= used, sorted(used)
+
+
+def test_panels_do_not_overlap() -> None:
+    dashboard = json.loads((ROOT / "ops" / "grafana" / "dashboard.json").read_text())
+    cells = set()
+    for panel in dashboard["panels"]:
+        g = panel["gridPos"]
+        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"])
+                for y in range(g["y"], g["y"] + g["h"])}
+        assert not mine & cells, panel["title"]
+        assert g["x"] + g["w"] <= 24, panel["title"]
+        cells |= mine
 
 
 def test_prometheus_scrapes_the_worker_port() -> None:
