@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what headwater needs on a fresh machine: the Python environment (with the
-# project in editable mode and its dev extras) and the docker compose CLI plugin used to
-# check docker-compose.yml. Safe to run again: it only installs what is missing.
+# project in editable mode and its dev extras), the docker compose CLI plugin used to
+# check docker-compose.yml, and Chromium for the report test. Safe to run again: it only
+# installs what is missing.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 need python3 "Python 3.11+"
@@ -20,3 +21,4 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 bash "$ROOT/ops/install-compose.sh"
+bash "$ROOT/ops/install-chromium.sh"
