@@ -350,14 +350,15 @@ class Curator:
         there (1.0: the budget is spent; 0 where nothing is allowed yet)."""
         if self.now == -math.inf:
             return {name: 0.0 for name in self.windows}
+        allowed = self._allowed()
+        return {name: w.taken / allowed[name] if allowed[name] > 0 else 0.0
+                for name, w in self.windows.items()}
+
+    def _allowed(self) -> dict[str, float]:
+        """The labels each slice may have taken in the window that ends now."""
         total = sum(w.events_since(int(self.now) - self.budget.window_ms)
                     for w in self.windows.values())
-        shares = self.shares()
-        out = {}
-        for name, w in self.windows.items():
-            allowed = shares[name] * self.budget.allowed(total)
-            out[name] = w.taken / allowed if allowed > 0 else 0.0
-        return out
+        return {name: share * self.budget.allowed(total) for name, share in self.shares().items()}
 
     def choose(self, cols: Columns) -> list[Chosen]:
         """The rows of one batch to label, in row order. `cols` holds at least event_id,
@@ -372,7 +373,6 @@ class Curator:
         member = np.full(len(ids), len(self.slices))  # index of each row's slice
         for k in range(len(self.slices) - 1, -1, -1):  # the first slice that matches wins
             member[self._where[k](cols)] = k
-        shares = self.shares()
         windows = list(self.windows.values())
         # labels are counted from a window before the batch's first event, events from
         # one before its last: so no window of the budget's length holds too many labels
@@ -380,12 +380,12 @@ class Curator:
             w.prune(int(times.min()) - self.budget.window_ms)
         for k, w in enumerate(windows):
             w.add(times[member == k], scores[member == k])
-        total = sum(w.events_since(int(self.now) - self.budget.window_ms) for w in windows)
+        allowed_now = self._allowed()
         fresh = np.array([i not in self.sent for i in ids.tolist()], bool)
         out: list[Chosen] = []
         for k, (name, w) in enumerate(self.windows.items()):
             rows = np.nonzero((member == k) & fresh)[0]
-            allowed = shares[name] * self.budget.allowed(total)
+            allowed = allowed_now[name]
             room = math.floor(allowed - w.taken)
             if not len(rows) or room <= 0 or not w.events:
                 continue
