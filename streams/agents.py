@@ -23,7 +23,7 @@ from faust.types import TP, StreamT
 from models.engagement import engagement_features, engagement_state_keys
 from models.features import dump_state, load_state, sensor_features
 from schemas.codec import METADATA as SENSOR_META
-from schemas.codec import Rejected, sensor_batch, write_ipc
+from schemas.codec import Rejected, sensor_batch
 from schemas.engagement_codec import engagement_batch
 from schemas.events import ARROW, headers
 from streams.gaps import Gaps
@@ -48,7 +48,6 @@ FEATURE_HEADERS = headers(ARROW, "feature-batch.v1")
 OFFSET_MARK = "source-offset"
 FEATURIZE_TAKE = 64  # batch messages featurize takes at once, at most
 FEATURIZE_ROWS = 8192  # rows it computes in one call, at most (a take may hold several)
-FEATURE_MESSAGE_ROWS = 4096  # rows per feature message: 216 float64 columns stay under 8 MB
 SEND_ATTEMPTS = 8  # about two minutes of backing off before infer gives up
 
 
@@ -139,20 +138,24 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving
                 continue
             stored[k] = loaded
         kept: list[tuple[Any, pa.RecordBatch]] = []
+        rows_of: dict[tuple[int, int], np.ndarray] = {}  # rows kept of a filtered message
         for msg, batch in opened:
             done = [k for k, st in stored.items() if st.get("asof", -1) >= msg.offset]
             if done:  # only this message's sensors match: they live in its partition
                 skip = pc.is_in(batch.column("sensor_id"), value_set=pa.array(done))
                 REPLAYED.labels("featurize").inc(pc.sum(skip).as_py())
+                rows_of[msg.partition, msg.offset] = np.flatnonzero(
+                    ~skip.to_numpy(zero_copy_only=False))
                 batch = batch.filter(pc.invert(skip))
             if batch.num_rows:
                 kept.append((msg, batch))
         if kept:
-            await featurize_take(kept, stored, pending)
+            await featurize_take(kept, stored, pending, rows_of)
         await asyncio.gather(*pending)
 
     async def featurize_take(kept: list[tuple[Any, pa.RecordBatch]], stored: dict[str, Any],
-                             pending: list[asyncio.Future[object]]) -> None:
+                             pending: list[asyncio.Future[object]],
+                             rows_of: dict[tuple[int, int], np.ndarray]) -> None:
         """Features of the rows of a take and their dead letters, sent and acknowledged
         with the take's `pending` sends; then the sensors' states, written durably.
 
@@ -165,7 +168,8 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving
             group.append((msg, batch))
             if i == len(kept) - 1 or sum(b.num_rows for _, b in group) \
                     + kept[i + 1][1].num_rows > FEATURIZE_ROWS:
-                changed.update(await featurize_group(group, states, partition_of, pending))
+                changed.update(await featurize_group(group, states, partition_of, pending,
+                                                     rows_of))
                 group = []
                 await asyncio.gather(*pending)  # acknowledged per group: bounded in flight
                 pending.clear()
@@ -177,12 +181,15 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving
 
     async def featurize_group(group: list[tuple[Any, pa.RecordBatch]], states: dict[str, Any],
                               partition_of: dict[str, int],
-                              pending: list[asyncio.Future[object]]) -> dict[str, Any]:
+                              pending: list[asyncio.Future[object]],
+                              rows_of: dict[tuple[int, int], np.ndarray]) -> dict[str, Any]:
         """One group's features and dead letters sent (onto `pending`); `states` moved
         past the group; returns the states it changed."""
         batch = pa.concat_tables([pa.Table.from_batches([b]) for _, b in group],
                                  promote_options="permissive").combine_chunks().to_batches()[0]
-        origin = np.repeat(np.arange(len(group)), [b.num_rows for _, b in group])
+        sizes = [b.num_rows for _, b in group]
+        origin = np.repeat(np.arange(len(group)), sizes)
+        starts = np.cumsum([0, *sizes])
         mine = {k: msg.partition for msg, b in group  # per message, not per row
                 for k in pc.unique(b.column("sensor_id")).to_pylist()}
         partition_of.update(mine)
@@ -200,19 +207,20 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving
             if sk.reason == "duplicate":
                 DUPLICATES.labels("featurize").inc()
                 continue
-            msg = group[int(origin[sk.row])][0]
+            j = int(origin[sk.row])
+            msg, row = group[j][0], sk.row - int(starts[j])  # the row of its own message
+            if (kept_rows := rows_of.get((msg.partition, msg.offset))) is not None:
+                row = int(kept_rows[row])
             pending.append(await outbox.dead_letter(
-                "featurize", Rejected(sk.reason, sk.detail, sk.row), topic=msg.topic,
+                "featurize", Rejected(sk.reason, sk.detail, row), topic=msg.topic,
                 partition=msg.partition, offset=msg.offset,
                 key=batch.column("sensor_id")[sk.row].as_py().encode(),
                 raw=orjson.dumps(rows.slice(sk.row, 1).to_pylist()[0])))
         for p in sorted({msg.partition for msg, _ in group}):
             keys = pa.array([k for k, q in mine.items() if q == p])
             part = out.filter(pc.is_in(out.column("entity_id"), value_set=keys))
-            for lo in range(0, part.num_rows, FEATURE_MESSAGE_ROWS):  # messages under 8 MB
-                pending.append(await outbox.send(
-                    features_topic, write_ipc(part.slice(lo, FEATURE_MESSAGE_ROWS)),
-                    partition=p, headers=FEATURE_HEADERS))
+            pending += await outbox.send_table(features_topic, part, partition=p,
+                                               headers=FEATURE_HEADERS)
         EVENTS.labels("featurize").inc(out.num_rows)
         BATCH_ROWS.labels("featurize").observe(out.num_rows)
         return after
@@ -303,9 +311,8 @@ def wire_agents(app: App, settings: Settings, outbox: Outbox, serving: Serving
                        Rejected("featurize-error", repr(exc)[:300]), msg)
             return
         if out.num_rows:
-            pending.append(await outbox.send(features_topic, write_ipc(out),
-                                             partition=msg.partition,
-                                             headers=FEATURE_HEADERS))
+            pending += await outbox.send_table(features_topic, out, partition=msg.partition,
+                                               headers=FEATURE_HEADERS)
         await asyncio.gather(*pending)  # delivered before the state moves past them
         if batch.num_rows:
             after[mark] = pc.max(batch.column("source_offset")).as_py()

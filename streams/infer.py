@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from models.inference import collate
-from schemas.codec import Rejected, read_ipc, write_ipc
+from schemas.codec import Rejected, read_ipc
 from schemas.events import ARROW, JSON, headers
 from schemas.predictions import predictions_json
 from streams.metrics import BATCH_ROWS, END_TO_END_SECONDS, EVENTS, STAGE_SECONDS, UNSCORED
@@ -42,6 +42,9 @@ class Sender(Protocol):
                    partition: int | None = None, headers: Any = None) -> Any: ...
 
     async def send_keyed(self, topic: str, keys: Any, values: Any, headers: Any) -> Any: ...
+
+    async def send_table(self, topic: str, table: Any, *, partition: int | None = None,
+                         headers: Any = None) -> Any: ...
 
     async def dead_letter(self, agent: str, rejected: Rejected, *, topic: str, partition: int,
                           offset: int, key: bytes | None, raw: bytes | None) -> Any: ...
@@ -163,17 +166,17 @@ async def infer_batch(t: pa.Table, served: Served, outbox: Sender, settings: Set
         out = out.append_column("predict_time", pa.array([predict_time] * t.num_rows))
         out = out.replace_schema_metadata({**(out.schema.metadata or {}),
                                            b"model_name": model.name.encode()})
-        pending.append(await outbox.send(topic, write_ipc(out), headers=ARROW_HEADERS))
+        pending += await outbox.send_table(topic, out, headers=ARROW_HEADERS)
     else:
         values = predictions_json(t, scores.probability, scores.uncertainty, scores.variance,
                                   (model.name, model.version), predict_time, head)
         pending += await outbox.send_keyed(topic, t.column("entity_id").to_pylist(), values,
                                            JSON_HEADERS)
     if settings.learn and t.num_rows:
-        pending.append(await outbox.send(
-            settings.topic("training"), write_ipc(questions(t, x[:, ids:], scores.probability,
-                                                            model, fam, settings)),
-            partition=0, headers=QUESTION_HEADERS))
+        pending += await outbox.send_table(
+            settings.topic("training"), questions(t, x[:, ids:], scores.probability, model,
+                                                  fam, settings),
+            partition=0, headers=QUESTION_HEADERS)
     _observe_latency(t, predict_time)
     EVENTS.labels("infer").inc(t.num_rows)
     BATCH_ROWS.labels("infer").observe(t.num_rows)

@@ -23,7 +23,7 @@ import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from mode import Service
 
-from schemas.codec import Record, Rejected, SensorBatchBuilder, write_ipc
+from schemas.codec import Record, Rejected, SensorBatchBuilder
 from schemas.engagement_codec import EngagementBatchBuilder
 from schemas.events import ARROW, headers
 from schemas.label_codec import LabelBatchBuilder
@@ -161,10 +161,10 @@ class Ingest(Service):
                     key=rec.key, raw=rec.value))
             if len(builder):
                 batch = builder.build()
-                pending.append(await self.outbox.send(
-                    route.target, write_ipc(batch),
+                pending += await self.outbox.send_table(
+                    route.target, batch,
                     partition=tp.partition if route.partition is None else route.partition,
-                    headers=route.headers))
+                    headers=route.headers)
                 EVENTS.labels("ingest").inc(batch.num_rows)
                 BATCH_ROWS.labels("ingest").observe(batch.num_rows)
             offsets[tp] = records[-1].offset + 1

@@ -15,10 +15,11 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import pyarrow as pa
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from schemas.codec import Rejected
+from schemas.codec import Rejected, write_ipc_parts
 from schemas.events import DeadLetter
 from streams.metrics import DEAD_LETTERS
 from streams.settings import Settings
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
 MAX_REQUEST = 8 * 1024 * 1024
+#: the largest Arrow stream one message carries: half the request limit leaves room for
+#: the record's headers and key, and for batches that grow when re-encoded downstream
+TABLE_LIMIT = MAX_REQUEST // 2
 
 
 def now_ms() -> int:
@@ -73,6 +77,18 @@ class Outbox:
         fut: asyncio.Future[object] = await self.producer.send(
             topic, value, key=key, partition=partition, headers=headers)
         return fut
+
+    async def send_table(self, topic: str, table: pa.RecordBatch | pa.Table, *,
+                         partition: int | None = None, headers: Headers | None = None,
+                         limit: int = TABLE_LIMIT) -> list[asyncio.Future[object]]:
+        """Send `table` as Arrow IPC messages of at most `limit` bytes, rows in order.
+
+        A batch re-encoded with more columns can outgrow the largest message the broker
+        takes even when the messages it came from fit; sent whole it was refused and
+        stopped the stage.
+        """
+        return [await self.send(topic, part, partition=partition, headers=headers)
+                for part in write_ipc_parts(table, limit)]
 
     async def partitions(self, topic: str) -> list[int]:
         if topic not in self._partitions:

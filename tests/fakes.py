@@ -6,7 +6,10 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from schemas.codec import Rejected
+import pyarrow as pa
+
+from schemas.codec import Rejected, write_ipc_parts
+from streams.outbox import TABLE_LIMIT
 
 
 def _done() -> asyncio.Future[object]:
@@ -32,6 +35,12 @@ class RecordingOutbox:
                          headers: object) -> list[asyncio.Future[object]]:
         self.sent += [(topic, v, k.encode()) for k, v in zip(keys, values, strict=True)]
         return [_done()]
+
+    async def send_table(self, topic: str, table: pa.Table, *, partition: int | None = None,
+                         headers: object = None, limit: int = TABLE_LIMIT
+                         ) -> list[asyncio.Future[object]]:
+        return [await self.send(topic, part, partition=partition)
+                for part in write_ipc_parts(table, limit)]
 
     async def dead_letter(self, agent: str, rejected: Rejected, *, topic: str, partition: int,
                           offset: int, key: bytes | None, raw: bytes | None

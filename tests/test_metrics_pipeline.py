@@ -88,6 +88,10 @@ def test_metrics_during_a_replay_agree_with_the_topics(settings: Settings,
     head = "shuttle-head"
     wait_for(lambda: value(scrape(s)["headwater_head_labels_total"], head=head,
                            outcome="learned") == EVENTS, 120, "every label learned")
+    # the learned version is set when the head is published, on the snapshot clock
+    wait_for(lambda: value(scrape(s)["headwater_head_version"], head=head,
+                           role="learned") == EVENTS, 30, "the head published with every label",
+             detail=lambda: scrape(s)["headwater_head_version"])
     # lag gauges follow on their own timers: wait until every one reads 0
     wait_for(lambda: (lag := scrape(s)["headwater_consumer_lag"]) and max(lag.values()) == 0,
              60, "every consumer lag at 0", detail=lambda: scrape(s)["headwater_consumer_lag"])
