@@ -140,16 +140,25 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
+def _curated(c: dict[str, int] | None) -> str:
+    """The curated cell: events sent for labelling (of them labelled, and the head wrong).
+
+    >>> _curated({"events": 50, "labelled": 48, "head_wrong": 20})
+    '50 (48, 20)'
+    """
+    return "" if c is None else f"{c['events']} ({c['labelled']}, {c['head_wrong']})"
+
+
 def _html(doc: dict[str, Any], images: dict[str, bytes]) -> str:
     head = ["candidate", "model", "head spec", "events", "labels",
             *(f"head {m} (cum.)" for m in METRICS), *(f"deep {m} (cum.)" for m in METRICS),
-            "drift alerts"]
+            "drift alerts", "curated (labelled, head wrong)"]
     rows = []
     for c in doc["candidates"]:
         cells = [c["candidate"], f"{c['model']} v{c['model_version']}", c["spec"], c["events"],
                  c["labels"], *(c["head"]["cumulative"].get(m, float("nan")) for m in METRICS),
                  *(c["deep"]["cumulative"].get(m, float("nan")) for m in METRICS),
-                 c["drift_alerts"]]
+                 c["drift_alerts"], _curated(c.get("curated"))]
         rows.append("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in cells) + "</tr>")
     src = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>"
                   for k, v in doc["sources"].items())

@@ -483,7 +483,7 @@ def register_commands(app: HeadwaterApp) -> None:
                      candidates: tuple[str, ...], out: str | None, partitions: tuple[int, ...],
                      from_offset: int | None, from_time: str | None, to_offset: int | None,
                      to_time: str | None, every: int) -> None:
-        """Replay recorded events and labels through featurize, infer and learn in
+        """Replay recorded events and labels through featurize, infer, learn and curate in
         process, for one or more candidates side by side, and write a report."""
         from pathlib import Path
 

@@ -7,7 +7,8 @@ per source partition in offset order, state carried from chunk to chunk), infer
 (`models.inference.collate`, the registry model's `BatchScorer` in micro-batches of
 `HEADWATER_INFER_MAX_ROWS`, `streams.infer.questions`), then learn: each candidate's
 online head is a `models.trainer.Trainer` fed through `streams.learn.add_questions` and
-`add_label`, the very functions the learn stage feeds its trainers with. Questions go in
+`add_label`, the very functions the learn stage feeds its trainers with; and curate: the
+settings' `Curator` over each candidate's predictions (`curate`). Questions go in
 event-time order and each label is due at its own `label_time`, so the labels' delays
 are the recorded ones; the trainer releases them in river's `simulate_qa` order, as the
 live learner does.
@@ -58,12 +59,13 @@ from streams.learn import add_label, add_questions, head_name, label_model
 from streams.serving import Served, Serving, family
 from streams.settings import Settings
 
-__all__ = ["Arm", "Candidate", "ReplayError", "ReplayResult", "document", "featurize",
+__all__ = ["Arm", "Candidate", "ReplayError", "ReplayResult", "curate", "document", "featurize",
            "load_parquet", "read_source", "replay", "run"]
 
 FEATURIZE_ROWS = 8192  # rows per featurize call, as the featurize agent computes them
+CURATE_ROWS = 4096  # predictions per curator call, as the curate stage polls them
 PREDICTION_COLUMNS = ("event_id", "entity_id", "event_time", "probability", "uncertainty",
-                      "variance", "head_probability", "label", "label_time")
+                      "variance", "head_probability", "label", "label_time", "curated")
 
 
 class ReplayError(RuntimeError):
@@ -419,11 +421,44 @@ def _arm(c: Candidate, served: Served, feats: pa.Table, label_rows: list[dict[st
         "events": t.num_rows, "unscorable": int(bad.sum()), "labels": len(head.scored),
         "head": {"cumulative": final["cumulative"], "rolling": final["rolling"]},
         "deep": final.get("deep", {}), "counts": dict(head.counts)}
+    curated = curate(predictions, model.version, s)
+    predictions = predictions.append_column("curated", pa.array(curated))
+    y = predictions.column("label").to_numpy(zero_copy_only=False)
+    h = predictions.column("head_probability").to_numpy(zero_copy_only=False)
+    labelled = curated & ~np.isnan(y)
+    summary["curated"] = {"events": int(curated.sum()), "labelled": int(labelled.sum()),
+                          "head_wrong": int((labelled & ((y >= 0.5) != (h >= 0.5))).sum())}
     alerts = [{"event_id": o.event_id, "event_time": o.time, "detector": o.reason,
                "action": str(o.extra.get("action"))} for o in outcomes if o.kind == "drift"]
     summary["drift_alerts"] = len(alerts)
     return Arm(c, model.version, served.feature_set, s.head_spec, predictions, points,
                summary, alerts, asked, head.snapshots)
+
+
+def curate(predictions: pa.Table, version: int, settings: Settings,
+           rows: int = CURATE_ROWS) -> np.ndarray:
+    """Which events the curate stage would send for labelling: the settings' curator
+    (`Settings.curator`, as the worker builds it) over the predictions in event-time
+    order, in polls of `rows`, reading the head's probability where it scored an event
+    and the deep model's elsewhere, as `streams.curate.PredictionBatch` gives it."""
+    curator = settings.curator()
+    chosen = np.zeros(predictions.num_rows, bool)
+    for lo in range(0, predictions.num_rows, rows):
+        part = predictions.slice(lo, rows)
+        deep = part.column("probability").to_numpy(zero_copy_only=False)
+        head = part.column("head_probability").to_numpy(zero_copy_only=False)
+        n = part.num_rows
+        cols = {"event_id": np.array(part.column("event_id").to_pylist(), object),
+                "entity_id": np.array(part.column("entity_id").to_pylist(), object),
+                "item_id": np.full(n, None, object),
+                "event_time": part.column("event_time").to_numpy().astype(np.int64),
+                "probability": np.where(np.isnan(head), deep, head),
+                "deep_probability": deep,
+                "variance": part.column("variance").to_numpy(zero_copy_only=False),
+                "model_version": np.full(n, version, np.int64)}
+        for c in curator.choose(cols):
+            chosen[lo + c.row] = True
+    return chosen
 
 
 # -- the report and the command ----------------------------------------------------------

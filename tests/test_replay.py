@@ -88,7 +88,7 @@ def river_reference(arm_predictions: pa.Table, features: list[dict[str, float]],
 def test_replay_metrics_are_rivers(trained: tuple[pa.Table, Path]) -> None:
     events, root = trained
     s = Settings(registry_dir=root, head_spec=SPEC, head_horizon="30d", device="cpu",
-                 drift_detector="none", sensor_head_features="*.last")
+                 drift_detector="none", sensor_head_features="*.last", curate_window="30d")
     got = replay(events.drop_columns(["label"]), label_table(events),
                  [Candidate("production", "elec2", 1),
                   Candidate.parse("fast=elec2:1@StandardScaler | "
@@ -114,6 +114,14 @@ def test_replay_metrics_are_rivers(trained: tuple[pa.Table, Path]) -> None:
     assert prod.summary["deep"] == fast.summary["deep"]  # the same deep model, same labels
     assert prod.summary["head"] != fast.summary["head"]
     assert [pt["labels"] for pt in prod.points] == [1000, 2000, 3000]
+
+    # curate: the worker's curator over the predictions, within the 1% budget, choosing
+    # (besides its random share) the events the head was least sure of
+    curated = p.column("curated").to_numpy(zero_copy_only=False)
+    assert prod.summary["curated"]["events"] == curated.sum()
+    assert 0 < curated.sum() <= 0.01 * N + 2, curated.sum()
+    sure = np.abs(p.column("head_probability").to_numpy(zero_copy_only=False) - 0.5)
+    assert np.nanmean(sure[curated]) < np.nanmean(sure[~curated])
 
 
 def test_bad_input_is_one_error(trained: tuple[pa.Table, Path], tmp_path: Path) -> None:
