@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from mode import Service
@@ -60,31 +61,118 @@ INTS = ("event_time", "model_version", "head_version", "features_partition", "fe
 
 @dataclass
 class PredictionBatch:
-    """One model's predictions of a poll, as columns, with each row's coordinates."""
+    """One model's predictions of a poll, as columns, with each row's coordinates.
+
+    Arrow batches whose columns pass the checks as a whole stay columnar (`table`);
+    documents read one by one (JSON, or Arrow rows with a doubt) are `rows`, after the
+    table's rows; `where` holds every row's (topic, partition, offset) in that order.
+    """
 
     model: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     where: list[tuple[str, int, int]] = field(default_factory=list)  # topic, partition, offset
+    table: pa.Table | None = None
+
+    def __len__(self) -> int:
+        return (0 if self.table is None else self.table.num_rows) + len(self.rows)
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Row `i` as a document."""
+        n = 0 if self.table is None else self.table.num_rows
+        if i < n:
+            assert self.table is not None
+            got: dict[str, Any] = self.table.slice(i, 1).to_pylist()[0]
+            return got
+        return self.rows[i - n]
 
     def columns(self) -> dict[str, np.ndarray]:
         """What the curator reads: the probability curated on is the online head's where
         one scored the event, else the deep model's."""
+        parts = [self._table_columns()] if self.table is not None else []
+        if self.rows or not parts:
+            parts.append(self._row_columns())
+        cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        head = cols.pop("head_probability")
+        cols["probability"] = np.where(np.isnan(head), cols["deep_probability"], head)
+        return cols
+
+    def _row_columns(self) -> dict[str, np.ndarray]:
         get = self.rows
-        deep = np.array([r["probability"] for r in get], np.float64)
-        head = np.array([np.nan if r.get("head_probability") is None
-                         else r["head_probability"] for r in get], np.float64)
-        cols: dict[str, np.ndarray] = {
+        return {
             "event_id": np.array([r["event_id"] for r in get], object),
             "entity_id": np.array([r["entity_id"] for r in get], object),
             "item_id": np.array([r.get("item_id") for r in get], object),
             "event_time": np.array([r["event_time"] for r in get], np.int64),
-            "probability": np.where(np.isnan(head), deep, head),
-            "deep_probability": deep,
+            "deep_probability": np.array([r["probability"] for r in get], np.float64),
+            "head_probability": np.array([np.nan if r.get("head_probability") is None
+                                          else r["head_probability"] for r in get], np.float64),
             "variance": np.array([np.nan if r.get("variance") is None else r["variance"]
                                   for r in get], np.float64),
             "model_version": np.array([r["model_version"] for r in get], np.int64),
         }
-        return cols
+
+    def _table_columns(self) -> dict[str, np.ndarray]:
+        t = self.table
+        assert t is not None
+        n = t.num_rows
+
+        def floats(name: str) -> np.ndarray:
+            if name not in t.schema.names:
+                return np.full(n, np.nan)
+            got: np.ndarray = t.column(name).cast(pa.float64()).fill_null(np.nan).to_numpy()
+            return got
+
+        return {
+            "event_id": t.column("event_id").to_numpy(zero_copy_only=False).astype(object),
+            "entity_id": t.column("entity_id").to_numpy(zero_copy_only=False).astype(object),
+            "item_id": (t.column("item_id").to_numpy(zero_copy_only=False).astype(object)
+                        if "item_id" in t.schema.names else np.full(n, None, object)),
+            "event_time": t.column("event_time").cast(pa.int64()).to_numpy(),
+            "deep_probability": floats("probability"),
+            "head_probability": floats("head_probability"),
+            "variance": floats("variance"),
+            "model_version": t.column("model_version").cast(pa.int64()).to_numpy(),
+        }
+
+
+def _table_fine(t: pa.Table) -> bool:
+    """True only if `_check` would pass every row of an Arrow batch of predictions, judged
+    by column (`model_name` comes from the schema metadata; a batch with a model_name
+    column, or any doubt, is read row by row, which names the bad rows)."""
+    names = set(t.schema.names)
+    if "model_name" in names or not (t.schema.metadata or {}).get(b"model_name"):
+        return False
+    for name in ("event_id", "entity_id"):
+        if name not in names or not pa.types.is_string(t.schema.field(name).type):
+            return False
+        col = t.column(name)
+        if col.null_count or (t.num_rows and pc.min(pc.utf8_length(col)).as_py() == 0):
+            return False
+    for name in NUMBERS:
+        if name not in names:
+            if name == "probability":
+                return False
+            continue
+        typ, col = t.schema.field(name).type, t.column(name)
+        if not (pa.types.is_floating(typ) or pa.types.is_integer(typ)):
+            return False
+        if name == "probability" and col.null_count:
+            return False
+        v = col.cast(pa.float64()).drop_null().to_numpy()
+        if not np.isfinite(v).all():
+            return False
+        if name.endswith("probability") and ((v < 0.0) | (v > 1.0)).any():
+            return False
+    for name in INTS:
+        if name not in names:
+            if name in ("event_time", "model_version"):
+                return False
+            continue
+        if not pa.types.is_integer(t.schema.field(name).type):
+            return False
+        if name in ("event_time", "model_version") and t.column(name).null_count:
+            return False
+    return True
 
 
 def _check(d: Any) -> dict[str, Any] | str:
@@ -157,17 +245,21 @@ def decode_predictions(records: list[Any]
     out: dict[str, PredictionBatch] = {}
     bad: list[tuple[Any, Rejected]] = []
     decoded: list[tuple[Any, int, Any, bool]] = []  # record, row, document, one of many
+    tables: dict[str, list[tuple[Any, pa.Table]]] = {}  # Arrow batches checked by column
     for r in records:
         if header(r.headers, "content-type") == ARROW.encode():
             try:
                 t = read_ipc(r.value)
-                docs: list[Any] = t.to_pylist()
-                name = (t.schema.metadata or {}).get(b"model_name", b"").decode()
-                for d in docs:
-                    d.setdefault("model_name", d.get("model_name") or name)
             except (pa.ArrowInvalid, OSError) as exc:
                 bad.append((r, Rejected("bad-arrow", str(exc)[:300])))
                 continue
+            name = (t.schema.metadata or {}).get(b"model_name", b"").decode()
+            if _table_fine(t):
+                tables.setdefault(name, []).append((r, t))
+                continue
+            docs: list[Any] = t.to_pylist()
+            for d in docs:
+                d.setdefault("model_name", d.get("model_name") or name)
         else:
             try:
                 docs = [orjson.loads(r.value or b"")]
@@ -175,12 +267,16 @@ def decode_predictions(records: list[Any]
                 bad.append((r, Rejected("not-json", "not JSON")))
                 continue
         decoded += [(r, row, d, len(docs) > 1) for row, d in enumerate(docs)]
+    for model, got in tables.items():
+        batch = out[model] = PredictionBatch(model)
+        batch.table = pa.concat_tables([t for _, t in got], promote_options="permissive")
+        batch.where = [(r.topic, r.partition, r.offset) for r, t in got
+                       for _ in range(t.num_rows)]
     if _all_fine([d for _, _, d, _ in decoded]):  # one check per column, not per row
-        for model in {d["model_name"] for _, _, d, _ in decoded}:
-            batch = out[model] = PredictionBatch(model)
-            mine = [x for x in decoded if x[2]["model_name"] == model]
-            batch.rows = [d for _, _, d, _ in mine]
-            batch.where = [(r.topic, r.partition, r.offset) for r, _, _, _ in mine]
+        for r, _, d, _ in decoded:
+            batch = out.setdefault(d["model_name"], PredictionBatch(d["model_name"]))
+            batch.rows.append(d)
+            batch.where.append((r.topic, r.partition, r.offset))
         return out, bad
     for r, row, d, many in decoded:
         checked = _check(d)
@@ -199,7 +295,7 @@ def samples(batch: PredictionBatch, chosen: list[Chosen], strategy: str,
     could not be read back)."""
     out = []
     for c in chosen:
-        r = batch.rows[c.row]
+        r = batch.row(c.row)
         p = r["probability"] if r.get("head_probability") is None else r["head_probability"]
         out.append(CurationSample(
             event_id=r["event_id"], entity_id=r["entity_id"], probability=float(p),
@@ -449,14 +545,14 @@ class Curate(Service):
         for model, batch in batches.items():
             curator = self.curator(model)
             chosen = curator.choose(batch.columns())
-            EVENTS.labels("curate").inc(len(batch.rows))
+            EVENTS.labels("curate").inc(len(batch))
             for name, use in curator.use().items():
                 CURATION_BUDGET_USE.labels(model, name).set(use)
             if not chosen:
                 continue
             wanted: dict[tuple[int, int], list[str]] = {}
             for c in chosen:
-                r = batch.rows[c.row]
+                r = batch.row(c.row)
                 if r.get("features_offset") is not None:
                     wanted.setdefault((r["features_partition"], r["features_offset"]),
                                       []).append(r["event_id"])

@@ -28,12 +28,14 @@ EVENTS = 20_000
 BUDGET = 0.05
 
 
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
+@pytest.fixture(params=["json", "arrow"])
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
     """conftest's settings with a 5% budget held over a day (the shuttle events are one
-    second apart: the whole stream is 5.6 hours of event time)."""
+    second apart: the whole stream is 5.6 hours of event time), predictions as JSON
+    documents or as Arrow batches (curate reads those by column)."""
     return settings.model_copy(update={"curate_budget": f"{BUDGET:.0%}",
-                                       "curate_window": "1d"})
+                                       "curate_window": "1d",
+                                       "predictions_format": request.param})
 
 
 async def curate_behind(s: Settings) -> list[tuple[int, int | None, int]]:
@@ -107,11 +109,15 @@ def test_curate_samples_within_the_budget_with_features_and_reasons(
                                     want.values()], rtol=1e-12)
 
     # uncertainty picks are less sure than the average prediction
-    good = [v for _, _, v in asyncio.run(read_all(s, s.topic("predictions")))
-            if v.startswith(b'{"event_id":"shuttle-')]  # not the two bad ones sent above
+    values = [v for _, _, v in asyncio.run(read_all(s, s.topic("predictions")))]
+    if s.predictions_format == "json":
+        good = [orjson.loads(v)["probability"] for v in values
+                if v.startswith(b'{"event_id":"shuttle-')]  # not the two bad ones sent above
+    else:
+        good = [p for v in values if not v.startswith(b"not json") and not v.startswith(b"{")
+                for p in read_ipc(v).column("probability").to_pylist()]
     assert len(good) == EVENTS
-    confidence = np.mean([max(p, 1 - p) for p in
-                          (orjson.loads(v)["probability"] for v in good)])
+    confidence = np.mean([max(p, 1 - p) for p in good])
     picked = [max(x["probability"], 1 - x["probability"]) for x in samples
               if not x["reason"].startswith("explore")]
     assert np.mean(picked) < confidence
