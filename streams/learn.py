@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import logging
 import pickle
 import time
@@ -77,6 +78,26 @@ def add_questions(trainer: Trainer, t: pa.Table) -> list[str]:
     for i, event_id in enumerate(ids):
         trainer.question(times[i], event_id, Row(names, x[i]), entities[i] or "")
     return ids
+
+
+def keep_newest(owner: dict[str, str], most: int) -> dict[str, str]:
+    """`owner` if it holds at most `most` ids, else a new dict of its newest 3/4 `most`.
+
+    Rebuilt rather than trimmed in place: popping a dict's first key again and again
+    scans the deleted slots before it each time, and once past `most` ids every batch
+    did that; the worker then spent most of its time here and missed its heartbeats
+    (tests/test_overload.py found it).
+
+    >>> keep_newest({str(i): "m" for i in range(10)}, 8) == {str(i): "m" for i in range(4, 10)}
+    True
+    >>> d = {"a": "m"}
+    >>> keep_newest(d, 8) is d
+    True
+    """
+    if len(owner) <= most:
+        return owner
+    keep = most * 3 // 4
+    return dict(itertools.islice(owner.items(), len(owner) - keep, None))
 
 
 def label_model(row: dict[str, Any], owner: dict[str, str], default: str) -> str:
@@ -277,8 +298,7 @@ class Learn(Service):
         owner = self.owner
         for event_id in add_questions(trainer, t):
             owner[event_id] = model
-        while len(owner) > 4 * self.settings.head_max_pending:
-            owner.pop(next(iter(owner)))
+        self.owner = keep_newest(owner, 4 * self.settings.head_max_pending)
 
     async def _labels(self, t: pa.Table) -> None:
         """Each label to its head (the one its `model` names, else the one that asked its
