@@ -10,7 +10,7 @@ preloads `sensor-events` with shuttle events (the dataset repeated with fresh id
      events / (last prediction time - first ingest time), as bench/e2e.py measures it;
   2. export: both topics to Parquet with `streams.export.export_range`;
   3. replay: `read_export` of both and `streams.replay.replay` (featurize, infer and
-     learn in process) with the same model and head, events / wall time of read+replay.
+     learn, curate in process) with the same model and head, events / wall time of read+replay.
 The target (issue 7) is replay at least 10 x the live pipeline.
 """
 
@@ -78,7 +78,7 @@ def main() -> None:
         wall = time.perf_counter() - t0
         rate = args.events / wall
         arm = got.arms[0]
-        print(f"replay from Parquet (read, featurize, infer, learn): {rate:,.0f} events/s "
+        print(f"replay from Parquet (read, featurize, infer, learn, curate): {rate:,.0f} events/s "
               f"({wall:.1f}s; {arm.summary['labels']:,} labels scored; stages "
               + ", ".join(f"{k} {v:.1f}s" for k, v in got.seconds.items()) + ")")
         print(f"replay / live: {rate / live:.1f} x (target >= 10 x)")
