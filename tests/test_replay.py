@@ -244,6 +244,25 @@ class _Images(HTMLParser):
             self.sources.append(dict(attrs)["src"] or "")
 
 
+def check_renders(out: Path, shot: Path) -> None:
+    """The report in `out` renders: every plot is a drawn image, embedded in the page
+    (self-contained), and the page opens in headless Chromium without a console line
+    and draws something (its screenshot in `shot`)."""
+    for name in FIGURES:
+        image = mpimg.imread(out / name)
+        assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0, name
+    parser = _Images()
+    parser.feed((out / "report.html").read_text())
+    assert len(parser.sources) == len(FIGURES)
+    for src in parser.sources:
+        assert src.startswith("data:image/png;base64,")
+        raw = base64.b64decode(src.split(",", 1)[1], validate=True)
+        assert mpimg.imread(io.BytesIO(raw), format="png").std() > 0
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} missing: run ops/install-chromium.sh"
+    assert chromium_console(out / "report.html", shot) == []
+    assert mpimg.imread(shot).std() > 0
+
+
 def test_report_files_render(trained: tuple[pa.Table, Path], tmp_path: Path) -> None:
     events, root = trained
     s = Settings(registry_dir=root, device="cpu", head_horizon="30d", drift_detector="none")
@@ -258,21 +277,8 @@ def test_report_files_render(trained: tuple[pa.Table, Path], tmp_path: Path) -> 
         ["production", "fast"]
     assert doc["label_delay"]["median_s"] == DELAY_MS / 1000
     assert len(doc["candidates"][0]["points"]) == N // 250
-    for name in FIGURES:
-        image = mpimg.imread(out / name)
-        assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0, name
-    parser = _Images()
-    parser.feed((out / "report.html").read_text())
-    assert len(parser.sources) == len(FIGURES)
-    for src in parser.sources:  # self-contained: every image is in the page
-        assert src.startswith("data:image/png;base64,")
-        raw = base64.b64decode(src.split(",", 1)[1], validate=True)
-        assert mpimg.imread(io.BytesIO(raw), format="png").size > 0
     assert pq.read_table(out / "predictions-fast.parquet").num_rows == N
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} missing: run ops/install-chromium.sh"
-    shot = tmp_path / "page.png"
-    assert chromium_console(out / "report.html", shot) == []
-    assert mpimg.imread(shot).std() > 0  # it drew something
+    check_renders(out, tmp_path / "page.png")
     # the check sees errors: a page with a broken image and a script error is caught
     broken = tmp_path / "broken.html"
     broken.write_text('<html><body><img src="missing.png"><script>nope()</script></body></html>')

@@ -5,19 +5,15 @@ images, the HTML embeds them and opens in headless Chromium without a console er
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 from pathlib import Path
 
-import matplotlib.image as mpimg
 import orjson
 import pytest
 
-from models.report import FIGURES
 from streams.candidates import movielens_candidates, nab_candidates
 from streams.settings import Settings
-from tests.test_replay import CHROMIUM, _Images, chromium_console
+from tests.test_replay import check_renders
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -44,20 +40,7 @@ def check_report(out: Path, tmp_path: Path, arms: list[str], events: int) -> lis
             assert all(math.isfinite(v) for v in figures.values()), (c["candidate"], figures)
         assert len(c["points"]) >= 2
         assert 0 < c["curated"]["events"] <= 0.01 * events + 2, c["curated"]
-    for name in FIGURES:
-        image = mpimg.imread(out / name)
-        assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0, name
-    page = _Images()
-    page.feed((out / "report.html").read_text())
-    assert len(page.sources) == len(FIGURES)
-    for src in page.sources:
-        assert src.startswith("data:image/png;base64,")
-        assert mpimg.imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])),
-                            format="png").std() > 0
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} missing: run ops/install-chromium.sh"
-    shot = tmp_path / f"{out.name}.png"
-    assert chromium_console(out / "report.html", shot) == []
-    assert mpimg.imread(shot).std() > 0
+    check_renders(out, tmp_path / f"{out.name}.png")
     return list(got)
 
 
