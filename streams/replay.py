@@ -421,7 +421,7 @@ def _arm(c: Candidate, served: Served, feats: pa.Table, label_rows: list[dict[st
         "events": t.num_rows, "unscorable": int(bad.sum()), "labels": len(head.scored),
         "head": {"cumulative": final["cumulative"], "rolling": final["rolling"]},
         "deep": final.get("deep", {}), "counts": dict(head.counts)}
-    curated = curate(predictions, model.version, s)
+    curated = curate(predictions, model.name, model.version, s)
     predictions = predictions.append_column("curated", pa.array(curated))
     y = predictions.column("label").to_numpy(zero_copy_only=False)
     h = predictions.column("head_probability").to_numpy(zero_copy_only=False)
@@ -435,28 +435,22 @@ def _arm(c: Candidate, served: Served, feats: pa.Table, label_rows: list[dict[st
                summary, alerts, asked, head.snapshots)
 
 
-def curate(predictions: pa.Table, version: int, settings: Settings,
+def curate(predictions: pa.Table, model: str, version: int, settings: Settings,
            rows: int = CURATE_ROWS) -> np.ndarray:
     """Which events the curate stage would send for labelling: the settings' curator
     (`Settings.curator`, as the worker builds it) over the predictions in event-time
-    order, in polls of `rows`, reading the head's probability where it scored an event
-    and the deep model's elsewhere, as `streams.curate.PredictionBatch` gives it."""
+    order, in polls of `rows`, each read as the stage reads an Arrow poll
+    (`streams.curate.PredictionBatch`: the head's probability where it scored an event,
+    the deep model's elsewhere)."""
+    from streams.curate import PredictionBatch
+
     curator = settings.curator()
     chosen = np.zeros(predictions.num_rows, bool)
-    for lo in range(0, predictions.num_rows, rows):
-        part = predictions.slice(lo, rows)
-        deep = part.column("probability").to_numpy(zero_copy_only=False)
-        head = part.column("head_probability").to_numpy(zero_copy_only=False)
-        n = part.num_rows
-        cols = {"event_id": np.array(part.column("event_id").to_pylist(), object),
-                "entity_id": np.array(part.column("entity_id").to_pylist(), object),
-                "item_id": np.full(n, None, object),
-                "event_time": part.column("event_time").to_numpy().astype(np.int64),
-                "probability": np.where(np.isnan(head), deep, head),
-                "deep_probability": deep,
-                "variance": part.column("variance").to_numpy(zero_copy_only=False),
-                "model_version": np.full(n, version, np.int64)}
-        for c in curator.choose(cols):
+    versions = pa.array(np.full(predictions.num_rows, version, np.int64))
+    table = predictions.append_column("model_version", versions)
+    for lo in range(0, table.num_rows, rows):
+        batch = PredictionBatch(model, table=table.slice(lo, rows))
+        for c in curator.choose(batch.columns()):
             chosen[lo + c.row] = True
     return chosen
 
