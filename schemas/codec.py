@@ -47,6 +47,7 @@ __all__ = [
     "header",
     "read_ipc",
     "sensor_batch",
+    "shown",
     "validate_sensor_table",
     "with_metadata",
     "write_ipc",
@@ -140,6 +141,25 @@ def check_time(d: dict[str, object]) -> int | Rejected:
     if not 0 <= t <= MAX_TIME:
         return Rejected("out-of-range", f"event_time {t} not in 0..{MAX_TIME}")
     return t
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """A short, safe description of an untrusted decoded value for a reason or log line.
+
+    Strings and numbers are quoted (strings cut to `limit` characters); a container is
+    named by its type and length, so a deeply nested document is never repr'd (that
+    recurses past Python's limit).
+
+    >>> shown("bot"), shown(2.5), shown([[[1]]]), shown("x" * 100, 3)
+    ("'bot'", '2.5', 'a list of 1', "'xxx'...")
+    """
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)[:limit]
+    if isinstance(value, list | tuple | dict | set):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}"
 
 
 def check_id(d: dict[str, object], name: str) -> str | Rejected:

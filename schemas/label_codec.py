@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from schemas.codec import MAX_ID, MAX_TIME, Record, Rejected, check_id, content_kind
+from schemas.codec import MAX_ID, MAX_TIME, Record, Rejected, check_id, content_kind, shown
 
 __all__ = ["LABEL_BATCH", "LABEL_SCHEMAS", "LabelBatchBuilder", "decode_label"]
 
@@ -58,10 +58,10 @@ def decode_label(value: bytes | None) -> dict[str, Any] | Rejected:
     if not isinstance(v, int | float) or isinstance(v, bool):
         return Rejected("wrong-type", f"value: expected a finite number, got {type(v).__name__}")
     if not math.isfinite(v):
-        return Rejected("out-of-range", f"value: {v!r} is not finite")
+        return Rejected("out-of-range", f"value: {shown(v)} is not finite")
     source = d.get("source")
     if source not in SOURCES:
-        return Rejected("out-of-range", f"source: {source!r} is not one of outcome, human")
+        return Rejected("out-of-range", f"source: {shown(source)} is not one of outcome, human")
     t = d.get("label_time")
     if type(t) is float and t.is_integer():
         t = int(t)

@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import SecretStr
 
-from schemas.codec import MAX_TIME, Rejected, check_id, content_kind
+from schemas.codec import MAX_TIME, Rejected, check_id, content_kind, shown
 from schemas.events import JSON, CurationSample, Label, headers
 from schemas.label_codec import decode_label
 from streams.metrics import LABEL_REQUESTS
@@ -151,15 +151,14 @@ def _value(result: object) -> float | str:
         if kind == "choices":
             choices = value.get("choices")
             if not (isinstance(choices, list) and len(choices) == 1):
-                return f"expected one choice, got {choices!r}"[:200]
-            if choices[0] not in CHOICES:
-                return (f"unknown choice {choices[0]!r} (expected "
-                        f"{' or '.join(CHOICES)})")[:200]
+                return f"expected one choice, got {shown(choices)}"
+            if not isinstance(choices[0], str) or choices[0] not in CHOICES:
+                return f"unknown choice {shown(choices[0])} (expected {' or '.join(CHOICES)})"
             found.append(CHOICES[choices[0]])
         elif kind == "number":
             n = value.get("number")
             if not isinstance(n, int | float) or isinstance(n, bool) or not math.isfinite(n):
-                return f"bad number {n!r}"[:200]
+                return f"bad number {shown(n)}"
             found.append(float(n))
     if not found:
         return "the annotation has neither a choice nor a number"

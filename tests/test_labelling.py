@@ -188,11 +188,26 @@ def test_each_bad_task_is_named_and_gives_no_label() -> None:
         4: "shuttle-000101: no annotation",
         5: "shuttle-000101: every annotation was cancelled",
         6: "shuttle-000101: the annotation has more than one value (a choice and a number?)",
-        7: "shuttle-000101: expected one choice, got ['positive', 'negative']",
+        7: "shuttle-000101: expected one choice, got a list of 2",
         8: "shuttle-000101: already labelled by task 0",
         9: "shuttle-000999: wrong-type: annotator: expected a string of 1..256",
         10: "no data.event_id",
     }
+
+
+def test_deeply_nested_values_are_named_not_repr_d() -> None:
+    # 1,000 levels is within orjson's limit but past Python's for repr (a fuzz find)
+    deep: object = "positive"
+    for _ in range(1_000):
+        deep = [deep]
+    t = exported(SAMPLES[:1], [[annotation("positive")]])[0]
+    t["annotations"][0]["result"][0]["value"]["choices"] = [deep]
+    assert from_label_studio([t], now_ms=NOW)[1] == [
+        (0, "shuttle-000101: unknown choice a list of 1 (expected positive or negative)")]
+    body = (b'{"event_id":"e1","value":1,"label_time":5,"source":' + b"[" * 1_000 + b"1"
+            + b"]" * 1_000 + b"}")  # orjson writes no more than 255 levels, so by hand
+    assert decode_label(body) == Rejected("out-of-range",
+                                          "source: a list of 1 is not one of outcome, human")
 
 
 def test_a_non_finite_number_is_refused() -> None:
