@@ -16,8 +16,9 @@ the next row (half an hour later), so the last row has no label and is left out.
   bare model's, so the table tells the cost of the metrics from that of the rest;
 - headwater: a fresh `Trainer(Head(...))` with the default `HeadConfig` (prequential
   LogLoss/ROCAUC/Accuracy or MAE/RMSE, cumulative and rolling over 1000 labels, ADWIN on
-  the errors) fed `question(t, id, x)`, `step()`, `label(t + delay, id, y)`, `step()` for
-  every row, then `flush()`: what the learn stage runs per label, less Kafka;
+  the errors) fed as the learn stage feeds it, less Kafka: the questions of 256 rows
+  (`question(t, id, x)`), `step(256)` until done, their labels (`label(t + delay, id,
+  y)`), `step(256)` until done, and so on; then `flush()`;
 - snapshot: after the whole stream, the size of `head.model_bytes()` (what goes to
   model-updates) and `trainer.checkpoint()` (head, metrics, detector, kept events, order
   buffers) and the time to make each (best of 3);
@@ -45,10 +46,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from river import metrics, utils  # noqa: E402
+
 from models.datasets import ELEC2_READINGS, elec2  # noqa: E402
 from models.head import Head, HeadConfig  # noqa: E402
 from models.online import EXAMPLE_SPECS, build_learner, task_of  # noqa: E402
 from models.trainer import Trainer  # noqa: E402
+from streams.learn import STEP  # noqa: E402
 
 SPECS = EXAMPLE_SPECS
 TARGET = 0.8  # headwater's labels/s over river's, at least
@@ -87,13 +91,20 @@ def river_alone(spec: str, s: Stream) -> None:
 
 
 def river_scored(spec: str, s: Stream) -> None:
-    """river alone plus what the head adds in river's own objects: the head's six
-    prequential metrics (as `evaluate.progressive_val_score` updates its metrics) and its
-    drift detector on the errors, fresh ones taken from a new `Head`."""
+    """river alone plus the head's work in river's own objects: its six prequential
+    metrics (LogLoss, ROCAUC, Accuracy or MAE, RMSE, cumulative and `utils.Rolling`, as
+    `evaluate.progressive_val_score` updates its metrics) and its drift detector on the
+    errors. The head keeps the same metrics in `models.scores` (equal to these)."""
     like = Head("bench", HeadConfig(spec=spec))
     model, detector = like.model, like.detector
-    metrics = [(k == "accuracy", m.update) for k, m in
-               [*like.cumulative.items(), *like.rolling.items()]]
+    kinds: dict[str, Any] = ({"log_loss": metrics.LogLoss, "roc_auc": metrics.ROCAUC,
+                              "accuracy": metrics.Accuracy}
+                             if like.task == "classification"
+                             else {"mae": metrics.MAE, "rmse": metrics.RMSE})
+    objects = [*(m() for m in kinds.values()),
+               *(utils.Rolling(m, window_size=like.config.rolling) for m in kinds.values())]
+    updates = [(isinstance(getattr(m, "obj", m), metrics.Accuracy), m.update)
+               for m in objects]
     classifier = like.task == "classification"
     predict = model.predict_proba_one if classifier else model.predict_one
     learn = model.learn_one
@@ -101,12 +112,12 @@ def river_scored(spec: str, s: Stream) -> None:
         p = predict(x)
         if classifier and p:
             label = max(p, key=p.get)
-            for hard, update in metrics:
+            for hard, update in updates:
                 update(y, label if hard else p)
             if detector is not None:
                 detector.update(float(label != y))
         elif not classifier and p is not None:
-            for _, update in metrics:
+            for _, update in updates:
                 update(y, p)
             if detector is not None:
                 detector.update(abs(y - p))
@@ -114,12 +125,22 @@ def river_scored(spec: str, s: Stream) -> None:
 
 
 def headwater(spec: str, s: Stream, delay: int) -> Trainer:
+    """The learn stage's work less Kafka: questions and labels in messages of STEP rows
+    (as infer and ingest send them), the head stepped after each, as `Learn.handle`."""
     trainer = Trainer(Head("bench", HeadConfig(spec=spec)))
-    for event_id, t, x, y in zip(s.ids, s.times, s.xs, s.ys, strict=True):
-        trainer.question(t, event_id, x)
-        trainer.step()
-        trainer.label(t + delay, event_id, float(y))
-        trainer.step()
+    rows = list(zip(s.ids, s.times, s.xs, s.ys, strict=True))
+    for start in range(0, len(rows), STEP):
+        chunk = rows[start:start + STEP]
+        for event_id, t, x, _ in chunk:
+            trainer.question(t, event_id, x)
+        trainer.step(STEP)
+        while trainer.more:
+            trainer.step(STEP)
+        for event_id, t, _, y in chunk:
+            trainer.label(t + delay, event_id, float(y))
+        trainer.step(STEP)
+        while trainer.more:
+            trainer.step(STEP)
     trainer.flush()
     return trainer
 

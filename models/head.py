@@ -37,9 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from river import base, compose, drift, linear_model, metrics, preprocessing, utils
+from river import base, compose, drift, linear_model, preprocessing
 
 from models.online import Task, boost_learning_rate, build_learner, task_of
+from models.scores import ClassifierScores, RegressorScores, Scores
 
 __all__ = ["DRIFT_DETECTORS", "Head", "HeadConfig", "Outcome", "Row", "HeadScorer", "head_scores"]
 
@@ -100,11 +101,6 @@ class _Asked:
     entity: str
 
 
-_CLASSIFICATION = {"log_loss": metrics.LogLoss, "roc_auc": metrics.ROCAUC,
-                   "accuracy": metrics.Accuracy}
-_REGRESSION = {"mae": metrics.MAE, "rmse": metrics.RMSE}
-
-
 class Head:
     """One online head (see the module doc). Not thread-safe: one writer per model."""
 
@@ -113,10 +109,8 @@ class Head:
         self.config = config
         self.model: Any = build_learner(config.spec)  # river's learners are untyped
         self.task: Task = task_of(self.model)
-        kinds = _CLASSIFICATION if self.task == "classification" else _REGRESSION
-        self.cumulative: dict[str, Any] = {k: m() for k, m in kinds.items()}
-        self.rolling: dict[str, Any] = {k: utils.Rolling(m, window_size=config.rolling)
-                        for k, m in kinds.items()}
+        self.scores: Scores = (ClassifierScores if self.task == "classification"
+                               else RegressorScores)(config.rolling)
         self.detector = _detector(config.drift)
         self.updates = 0  # labels learned: the head's version
         self.frozen = False  # True: labels are scored but no longer learned
@@ -216,8 +210,7 @@ class Head:
 
     def metrics(self, rolling: bool = False) -> dict[str, float]:
         """The prequential metrics, cumulative or over the last `rolling` labels."""
-        held = self.rolling if rolling else self.cumulative
-        return {k: float(m.get()) for k, m in held.items()}
+        return self.scores.get(rolling)
 
     def model_bytes(self) -> bytes:
         """The learner alone, for serving (zlib-compressed pickle)."""
@@ -258,17 +251,7 @@ class Head:
         y_pred = asked.y_pred
         out: list[Outcome] = []
         if y_pred != {} and y_pred is not None:  # as river's progressive validation
-            if self.task == "classification":
-                label = max(y_pred, key=y_pred.get)
-                for k, m in self.cumulative.items():
-                    m.update(target, label if k == "accuracy" else y_pred)
-                for k, r in self.rolling.items():
-                    r.update(target, label if k == "accuracy" else y_pred)
-                error = float(label != target)
-            else:
-                for m in (*self.cumulative.values(), *self.rolling.values()):
-                    m.update(target, y_pred)
-                error = abs(target - y_pred)
+            error = self.scores.update(target, y_pred)
             out += self._watch(event_id, t, error, asked.entity)
         if self.frozen:
             return out

@@ -57,12 +57,14 @@ log = logging.getLogger(__name__)
 
 LABEL_BATCH_HEADERS = headers(ARROW, "label.v1")
 FLUSH_HEADERS = headers(JSON, "learn-flush.v1")
-CHECKPOINT_HEADERS = headers("application/octet-stream", "learn-checkpoint.v1")
+# v2: heads keep their metrics in `models.scores`; v1 (river's metric objects) is not
+# read, so a learner upgraded over v1 checkpoints relearns from the training topic
+CHECKPOINT_HEADERS = headers("application/octet-stream", "learn-checkpoint.v2")
 STEP = 256  # questions and labels a head takes before the learner yields the event loop
 QUESTION = b"head-question.v1"
 LABELS = b"label.v1"
 FLUSH = b"learn-flush.v1"
-CHECKPOINT = b"learn-checkpoint.v1"
+CHECKPOINT = b"learn-checkpoint.v2"
 
 
 def add_questions(trainer: Trainer, t: pa.Table) -> list[str]:

@@ -47,12 +47,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from river import metrics, utils
 
 from models.engagement import engagement_features
 from models.features import sensor_features
 from models.head import Head, HeadConfig, Outcome
 from models.registry import Registry, RegistryError
+from models.scores import ClassifierScores
 from models.trainer import Trainer
 from streams.infer import questions
 from streams.learn import add_label, add_questions, head_name, label_model
@@ -253,24 +253,15 @@ def featurize(events: pa.Table, fam: str, settings: Settings) -> pa.Table:
 def _deep_only(scored: list[tuple[str, int, float, float]], deep: dict[str, float],
                rolling: int, every: int, at: frozenset[int]) -> list[dict[str, Any]]:
     """The deep model's probability scored on the head's labels, in the head's order,
-    with river's metrics (cumulative, and over the last `rolling`)."""
-    kinds: dict[str, Any] = {"log_loss": metrics.LogLoss, "roc_auc": metrics.ROCAUC,
-                             "accuracy": metrics.Accuracy}  # river's metrics are untyped
-    cum: dict[str, Any] = {k: m() for k, m in kinds.items()}
-    roll: dict[str, Any] = {k: utils.Rolling(m, window_size=rolling) for k, m in kinds.items()}
+    with the head's metrics (river's, cumulative and over the last `rolling`)."""
+    scores = ClassifierScores(rolling)
     points = []
     for i, (event_id, t, _, y) in enumerate(scored, start=1):
         p = deep[event_id]
-        y_pred = {False: 1.0 - p, True: p}
-        label = max(y_pred, key=y_pred.__getitem__)
-        target = bool(y)
-        for held in (cum, roll):
-            for k, m in held.items():
-                m.update(target, label if k == "accuracy" else y_pred)
+        scores.update(bool(y), {False: 1.0 - p, True: p})
         if i % every == 0 or i == len(scored) or i in at:
-            points.append({"scored": i, "event_time": int(t),
-                           "cumulative": {k: float(m.get()) for k, m in cum.items()},
-                           "rolling": {k: float(m.get()) for k, m in roll.items()}})
+            points.append({"scored": i, "event_time": int(t), "cumulative": scores.get(),
+                           "rolling": scores.get(rolling=True)})
     return points
 
 
