@@ -18,7 +18,12 @@ A drop at the tail of a partition has no later message to reveal it: the stream 
 paused or ended, and the agent waits for messages Faust has already read past. `tail`
 finds those: a partition whose fetcher has read at or past the next offset the agent
 expects, yet which has given the agent nothing for a while, is read back up to Faust's
-read offset (never past the partition's end) for the agent to process.
+read offset (never past the partition's end) for the agent to process. A partition
+Faust has stopped fetching (its read offset behind what the agent expects, the broker
+holding more, and nothing given to the agent for `stuck_s`, six idle periods by
+default) is read back too, up to `STUCK_READ` messages a sweep, with a warning: a
+test_crash run once ended with the last two messages of an input partition never
+fetched after a restart.
 """
 
 from __future__ import annotations
@@ -35,7 +40,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streams.metrics import OFFSET_GAPS
 from streams.settings import Settings
 
-__all__ = ["Gaps", "Record"]
+__all__ = ["Gaps", "Record", "STUCK_READ"]
+
+#: the most messages one sweep reads back from a partition Faust stopped fetching
+STUCK_READ = 1_000
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +101,7 @@ class Gaps:
                                     message.offset), message]
 
     async def tail(self, read: Mapping[tuple[str, int], int | None], idle_s: float,
-                   since: float = 0.0) -> list[Any]:
+                   since: float = 0.0, stuck_s: float | None = None) -> list[Any]:
         """Messages Faust read past without giving them to the agent, at partitions' tails.
 
         `read`: for each input partition the agent holds, the last offset Faust's
@@ -101,30 +109,40 @@ class Gaps:
         past the next one the agent expects and the partition has given the agent
         nothing for `idle_s` seconds, counted from `since` (monotonic) at the earliest;
         its messages from the expected offset to the read one (bounded by the
-        partition's end) are read back, in order. Errors are logged and give nothing:
-        the next call tries again."""
+        partition's end) are read back, in order. A partition quiet for `stuck_s`
+        (default 6 x `idle_s`) whose read offset is behind is read back to its end.
+        Errors are logged and give nothing: the next call tries again."""
+        stuck = 6 * idle_s if stuck_s is None else stuck_s
         try:
             async with self._lock:
                 out: list[Any] = []
                 for (topic, partition), last in read.items():
-                    out += await self._tail(topic, partition, last, idle_s, since)
+                    out += await self._tail(topic, partition, last, idle_s, since, stuck)
                 return out
         except Exception:
             log.exception("could not check the tails of %s", sorted(read))
             return []
 
     async def _tail(self, topic: str, partition: int, last: int | None, idle_s: float,
-                    since: float) -> list[Any]:
+                    since: float, stuck_s: float) -> list[Any]:
         key = (topic, partition)
-        quiet_from = max(self.seen.get(key, self.born), since)
-        if last is None or time.monotonic() - quiet_from < idle_s:
+        quiet = time.monotonic() - max(self.seen.get(key, self.born), since)
+        if quiet < idle_s or (last is None and quiet < stuck_s):
             return []
         expected = self.expected.get(key)
         if expected is None:
             expected = await self._committed(topic, partition)
-        if expected is None or last < expected:
+        if expected is None:
             return []
-        stop = min(last + 1, await self._end(topic, partition))
+        end = await self._end(topic, partition)
+        if last is None or last < expected:  # Faust has not fetched what the agent expects
+            if quiet < stuck_s or end <= expected:
+                return []
+            last = min(end, expected + STUCK_READ) - 1
+            log.warning("%s:%d: nothing fetched past offset %d for %.0f s while the log "
+                        "ends at %d; reading back up to %d", topic, partition, expected - 1,
+                        quiet, end, last)
+        stop = min(last + 1, end)
         if stop <= expected:
             return []
         self.expected[key] = stop

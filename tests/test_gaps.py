@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from streams.gaps import Gaps, Record
+from streams.gaps import STUCK_READ, Gaps, Record
 from streams.settings import Settings
 
 
@@ -65,8 +65,10 @@ def test_a_broker_error_never_crashes_the_agent() -> None:
     assert offsets(g, [0, 3]) == [0, 3]  # the message itself still goes on
 
 
-def tail(gaps: Gaps, last: int | None, idle_s: float, since: float = 0.0) -> list[int]:
-    return [m.offset for m in asyncio.run(gaps.tail({("t", 0): last}, idle_s, since))]
+def tail(gaps: Gaps, last: int | None, idle_s: float, since: float = 0.0,
+         stuck_s: float = 3600) -> list[int]:
+    return [m.offset for m in asyncio.run(gaps.tail({("t", 0): last}, idle_s, since,
+                                                    stuck_s))]
 
 
 def test_a_drop_at_the_tail_is_read_back_once_the_partition_is_idle() -> None:
@@ -85,6 +87,20 @@ def test_the_tail_check_stays_within_the_log_and_what_faust_read() -> None:
     assert tail(g, last=3, idle_s=0) == []  # behind the committed offset: nothing dropped
     assert tail(g, last=9, idle_s=0) == [4, 5]  # a read offset past the end (a seek) is cut
     assert tail(FakeGaps(committed=6, log=[b""] * 6), last=6, idle_s=0) == []  # at the end
+
+
+def test_a_partition_faust_stopped_fetching_is_read_back_to_its_end() -> None:
+    g = FakeGaps(committed=35, log=[b""] * 37)
+    g.born -= 120  # nothing given to the agent for two minutes
+    assert tail(g, last=None, idle_s=10, stuck_s=600) == []  # not stuck for long enough
+    assert tail(g, last=None, idle_s=10, stuck_s=60) == [35, 36]  # never fetched
+    assert tail(g, last=36, idle_s=10, stuck_s=60) == []  # once
+    h = FakeGaps(committed=2, log=[b""] * 5)
+    h.born -= 120
+    assert tail(h, last=1, idle_s=10, stuck_s=60) == [2, 3, 4]  # fetched, then stopped
+    assert tail(FakeGaps(committed=5, log=[b""] * 5), last=None, idle_s=0, stuck_s=0) == []
+    big = FakeGaps(committed=0, log=[b""] * (STUCK_READ + 5))
+    assert len(tail(big, last=None, idle_s=0, stuck_s=0)) == STUCK_READ  # bounded a sweep
 
 
 def test_the_tail_check_waits_for_the_rebalance_to_settle() -> None:
