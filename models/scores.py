@@ -85,8 +85,6 @@ class _Roc:
 class Scores:
     """What both kinds share: the rolling window of what each label added."""
 
-    names: tuple[str, ...] = ()
-
     def __init__(self, window: int) -> None:
         if window < 1:
             raise ValueError(f"a rolling window holds at least one label, not {window}")
@@ -103,8 +101,6 @@ class Scores:
 
 class ClassifierScores(Scores):
     """Log loss, ROC AUC and accuracy of binary predictions (`{False: p0, True: p1}`)."""
-
-    names = ("log_loss", "roc_auc", "accuracy")
 
     def __init__(self, window: int = 1000) -> None:
         super().__init__(window)
@@ -164,8 +160,6 @@ class RegressorScores(Scores):
     >>> s.get(), s.get(rolling=True)
     ({'mae': 1.5, 'rmse': 1.5811388300841898}, {'mae': 1.0, 'rmse': 1.0})
     """
-
-    names = ("mae", "rmse")
 
     def __init__(self, window: int = 1000) -> None:
         super().__init__(window)
