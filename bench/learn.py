@@ -128,19 +128,21 @@ def headwater(spec: str, s: Stream, delay: int) -> Trainer:
     """The learn stage's work less Kafka: questions and labels in messages of STEP rows
     (as infer and ingest send them), the head stepped after each, as `Learn.handle`."""
     trainer = Trainer(Head("bench", HeadConfig(spec=spec)))
+
+    def handled() -> None:  # one message: step until nothing more is ready
+        trainer.step(STEP)
+        while trainer.more:
+            trainer.step(STEP)
+
     rows = list(zip(s.ids, s.times, s.xs, s.ys, strict=True))
     for start in range(0, len(rows), STEP):
         chunk = rows[start:start + STEP]
         for event_id, t, x, _ in chunk:
             trainer.question(t, event_id, x)
-        trainer.step(STEP)
-        while trainer.more:
-            trainer.step(STEP)
+        handled()
         for event_id, t, _, y in chunk:
             trainer.label(t + delay, event_id, float(y))
-        trainer.step(STEP)
-        while trainer.more:
-            trainer.step(STEP)
+        handled()
     trainer.flush()
     return trainer
 

@@ -110,7 +110,8 @@ class Gaps:
         nothing for `idle_s` seconds, counted from `since` (monotonic) at the earliest;
         its messages from the expected offset to the read one (bounded by the
         partition's end) are read back, in order. A partition quiet for `stuck_s`
-        (default 6 x `idle_s`) whose read offset is behind is read back to its end.
+        (default 6 x `idle_s`) whose read offset is behind while the log holds more is
+        read back from the expected offset, at most `STUCK_READ` messages a call.
         Errors are logged and give nothing: the next call tries again."""
         stuck = 6 * idle_s if stuck_s is None else stuck_s
         try:
