@@ -70,6 +70,13 @@ def matching_budget(random: dict[float, float], target: float) -> float | None:
     return budgets[0] if random[budgets[0]] >= target else None
 
 
+def below(random: np.ndarray, got: np.ndarray) -> bool:
+    """Whether `got`'s mean is below random's by more than noise: two standard deviations
+    of the two sets of runs pooled."""
+    noise = 2 * np.std([*random, *got], ddof=1) if len(random) + len(got) > 2 else 0.0
+    return bool(got.mean() < random.mean() - noise)
+
+
 def summarise(results: list[tuple[str, Result]], budgets: list[float]) -> dict[str, object]:
     out: dict[str, object] = {}
     for name in dict.fromkeys(n for n, _ in results):
@@ -86,8 +93,8 @@ def summarise(results: list[tuple[str, Result]], budgets: list[float]) -> dict[s
             acc = np.array([r.accuracy for r in rs])
             auc = np.array([r.roc_auc for r in rs])
             rand = cell[("random", f)]
-            noise = 2 * np.std([r.accuracy for r in rand] + list(acc), ddof=1) \
-                if len(rand) + len(acc) > 2 else 0.0
+            worse = {m: below(np.array([getattr(r, m) for r in rand]), got)
+                     for m, got in (("accuracy", acc), ("roc_auc", auc))}
             blocks = [b for r in rs for b in r.block_rates]
             rows.append({
                 "strategy": s, "budget": f, "accuracy": float(acc.mean()),
@@ -95,7 +102,8 @@ def summarise(results: list[tuple[str, Result]], budgets: list[float]) -> dict[s
                 "roc_auc": float(auc.mean()), "roc_auc_sd": float(auc.std(ddof=1))
                 if len(auc) > 1 else 0.0,
                 "random_accuracy": random_acc[f],
-                "worse_than_random": bool(acc.mean() < random_acc[f] - noise),
+                "worse_than_random": worse["accuracy"],
+                "worse_than_random_auc": worse["roc_auc"],
                 "random_budget_to_match": matching_budget(random_acc, float(acc.mean())),
                 "label_rate": float(np.mean([r.label_rate for r in rs])),
                 "worst_block_rate_error": float(max(abs(b / f - 1) for b in blocks))
@@ -119,7 +127,8 @@ def table(name: str, s: dict[str, object]) -> str:
             f"{r['roc_auc']:>10.4f} ± {r['roc_auc_sd']:.4f}{r['random_accuracy']:>11.4f}"
             f"{(f'{need:.1%}' if need is not None else '> 100%'):>13}"
             f"{r['label_rate']:>7.2%}{r['worst_block_rate_error']:>11.1%}"
-            + ("  WORSE THAN RANDOM" if r["worse_than_random"] else ""))
+            + ("  ACCURACY BELOW RANDOM" if r["worse_than_random"] else "")
+            + ("  AUC BELOW RANDOM" if r["worse_than_random_auc"] else ""))
     return "\n".join(lines)
 
 
@@ -164,6 +173,10 @@ def main() -> None:
     summary = summarise(results, budgets)
     for name, s in summary.items():
         print(table(name, s))
+    below_random = [(name, r["strategy"], r["budget"]) for name, s in summary.items()
+                    for r in s["rows"] if r["worse_than_random"] or r["worse_than_random_auc"]]
+    print(f"\ncells below random beyond noise (accuracy or ROC AUC): "
+          f"{below_random or 'none'}")
     print(f"\n{len(jobs)} replays in {time.perf_counter() - started:.0f} s "
           f"({a.workers} processes); seeds 0..{a.seeds - 1}")
     a.out.parent.mkdir(parents=True, exist_ok=True)

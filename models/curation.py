@@ -235,6 +235,7 @@ class Chosen:
     score: float
     slice: str
     reason: str
+    weight: int = 1  # how many times the learner learns its label (Curator's doc)
 
 
 @dataclass
@@ -297,6 +298,11 @@ class Curator:
     strategy (Zliobaite et al.'s Split strategy): uncertainty alone never asks where the
     model is sure and wrong, and with small budgets it can do worse than random (see
     bench/curation.py); 0 gives the pure strategy.
+    `max_weight`: a random pick the strategy would not have made is learned about
+    1/P(picked) times (its `weight`, at most this), so the labels stand for the whole
+    stream and not only for the events near the boundary (importance weighting, as
+    Beygelzimer et al. 2009 correct active learning's sampling bias); 1 learns every
+    label once.
     `catch_up`: the share of a window over which a slice makes up for labels it is
     behind or ahead of its budget; the threshold is a quantile of the scores of the
     window's latest quarter (at least 100, at most `most_scores`), so it follows a
@@ -306,7 +312,8 @@ class Curator:
 
     def __init__(self, strategy: str, budget: Budget, slices: Sequence[Slice] = (),
                  seed: int = 0, explore: float = 0.2, catch_up: float = 0.1,
-                 most_scores: int = 20_000, remember: int = 1_000_000) -> None:
+                 most_scores: int = 20_000, remember: int = 1_000_000,
+                 max_weight: int = 10) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown curation strategy {strategy!r}; known: "
                              f"{', '.join(STRATEGIES)}")
@@ -319,7 +326,9 @@ class Curator:
         self.rng = np.random.default_rng(seed)
         if not 0.0 <= explore <= 1.0:
             raise ValueError(f"explore is a share of the budget in [0, 1], not {explore}")
-        self.explore, self.catch_up = explore, catch_up
+        if max_weight < 1:
+            raise ValueError(f"max_weight is a count of 1 or more, not {max_weight}")
+        self.explore, self.catch_up, self.max_weight = explore, catch_up, max_weight
         self.most_scores, self.remember = most_scores, remember
         self.windows = {name: _Window() for name in [*(s.name for s in slices), REST]}
         self.boosts: dict[str, tuple[float, int]] = {}  # slice -> (factor, until event time)
@@ -403,10 +412,20 @@ class Curator:
             picked = np.sort(picked[:room])  # random picks first, then the best scored
             w.take(times[picked])
             of = f"({name}: {w.taken}/{allowed:.3g} of {self.budget.describe()})"
+            # a random pick below the threshold was made with probability explore * want
+            weight = min(self.max_weight, max(1, round(1.0 / max(explore * want, 1e-9))))
             for r in picked.tolist():
-                why = f"explore: a random pick ({explore:.0%} of the budget) {of}" \
-                    if r in lucky else f"{self.strategy} {scores[r]:.3g} >= {threshold:.3g} {of}"
-                out.append(Chosen(r, float(scores[r]), name, why))
+                if r in lucky and scores[r] < threshold:
+                    out.append(Chosen(r, float(scores[r]), name,
+                                      f"explore: a random pick ({explore:.0%} of the budget, "
+                                      f"learned {weight}x) {of}", weight))
+                elif r in lucky:
+                    out.append(Chosen(r, float(scores[r]), name,
+                                      f"explore: a random pick ({explore:.0%} of the budget) "
+                                      f"{of}"))
+                else:
+                    out.append(Chosen(r, float(scores[r]), name, f"{self.strategy} "
+                                      f"{scores[r]:.3g} >= {threshold:.3g} {of}"))
         out.sort(key=lambda c: c.row)
         for c in out:
             self.sent[str(ids[c.row])] = None

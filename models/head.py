@@ -119,7 +119,7 @@ class Head:
                                       "bad-value", "unlabelled", "implicit", "evicted",
                                       "drift")}
         self._asked: OrderedDict[str, _Asked] = OrderedDict()  # in ask order
-        self._waiting: OrderedDict[str, tuple[int, float, str, Any]] = OrderedDict()
+        self._waiting: OrderedDict[str, tuple[int, float, str, Any, int]] = OrderedDict()
         self._answered: OrderedDict[str, int] = OrderedDict()  # event id -> answer time
         self._unasked: list[str] = []  # asked lazily, not predicted yet
 
@@ -148,12 +148,13 @@ class Head:
             self._asked.popitem(last=False)
             self.counts["evicted"] += 1
         if (w := self._waiting.pop(event_id, None)) is not None:
-            self._learn(event_id, w[0], w[1])
+            self._learn(event_id, w[0], w[1], w[4])
         return None if lazy else y_pred
 
     def answer(self, event_id: str, t: int, y: float, source: str = "outcome",
-               where: Any = None) -> list[Outcome]:
-        """Score the kept prediction of `event_id` against label `y`, then learn.
+               where: Any = None, weight: int = 1) -> list[Outcome]:
+        """Score the kept prediction of `event_id` against label `y`, then learn from it
+        `weight` times (scored once, learned as that many labels: a curated random pick).
 
         `where` (the label's source coordinates, say) comes back in the `extra` of an
         Outcome that rejects this label."""
@@ -172,9 +173,9 @@ class Head:
             self.counts["duplicate"] += 1
             return []
         if event_id not in self._asked:
-            self._waiting[event_id] = (t, y, source, where)
+            self._waiting[event_id] = (t, y, source, where, weight)
             return []
-        return self._learn(event_id, t, y)
+        return self._learn(event_id, t, y, weight)
 
     def advance(self, t: int) -> list[Outcome]:
         """Move stream time to `t`: implicit negatives, and what the horizon drops."""
@@ -191,7 +192,7 @@ class Head:
             self._asked.popitem(last=False)
             self.counts["unlabelled"] += 1
         while self._waiting and next(iter(self._waiting.values()))[0] < edge:
-            event_id, (due, _, source, where) = self._waiting.popitem(last=False)
+            event_id, (due, _, source, where, _) = self._waiting.popitem(last=False)
             self.counts["unmatched"] += 1
             out.append(Outcome("rejected", event_id, "unmatched-label",
                                f"no features for this {source} label within "
@@ -242,7 +243,7 @@ class Head:
                 asked.y_pred = self.predict(x.to_dict() if isinstance(x, Row) else x)
         self._unasked.clear()
 
-    def _learn(self, event_id: str, t: int, y: float) -> list[Outcome]:
+    def _learn(self, event_id: str, t: int, y: float, weight: int = 1) -> list[Outcome]:
         if self._unasked:
             self._ask_pending()
         asked = self._asked.pop(event_id)
@@ -255,8 +256,10 @@ class Head:
             out += self._watch(event_id, t, error, asked.entity)
         if self.frozen:
             return out
-        x = asked.x
-        self.model.learn_one(x.to_dict() if isinstance(x, Row) else x, target)
+        x = asked.x.to_dict() if isinstance(asked.x, Row) else asked.x
+        self.model.learn_one(x, target)
+        for _ in range(weight - 1):
+            self.model.learn_one(x, target)
         self.updates += 1
         self.counts["learned"] += 1
         return out

@@ -40,9 +40,10 @@ class Trainer:
         self.order.add_question(t, (event_id, x, entity))
 
     def label(self, t: int, event_id: str, y: float, source: str = "outcome",
-              where: Any = None) -> None:
-        """A label due at `t`; `where` returns in the Outcome if it is rejected."""
-        self.order.add_answer(t, (event_id, y, source, where))
+              where: Any = None, weight: int = 1) -> None:
+        """A label due at `t`, learned `weight` times; `where` returns in the Outcome
+        if it is rejected."""
+        self.order.add_answer(t, (event_id, y, source, where, weight))
 
     def step(self, limit: int | None = None) -> list[Outcome]:
         """Feed the head what may go out now (at most `limit` items: `more` says whether
@@ -66,8 +67,8 @@ class Trainer:
                 event_id, x, entity = payload
                 head.ask(event_id, t, x, entity, lazy=True)
             else:
-                event_id, y, source, where = payload
-                out += head.answer(event_id, t, y, source, where)
+                event_id, y, source, where, weight = payload
+                out += head.answer(event_id, t, y, source, where, weight)
             if head.config.negative_window_ms or t - self._swept > head.config.horizon_ms // 8:
                 out += head.advance(t)
                 self._swept = t

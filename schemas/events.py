@@ -146,6 +146,7 @@ class Label(_Message):
     label_time: int
     annotator: str | None = None
     model: str | None = None
+    weight: int = 1  # learn it this many times: a curated random pick stands for more
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +216,7 @@ class CurationSample(_Message):
     head_version: int | None = None
     model_name: str | None = None
     score: float | None = None
+    weight: int = 1  # the label of this event is learned this many times (Curator)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,15 +24,18 @@ import pyarrow as pa
 
 from schemas.codec import MAX_ID, MAX_TIME, Record, Rejected, check_id, content_kind, shown
 
-__all__ = ["LABEL_BATCH", "LABEL_SCHEMAS", "LabelBatchBuilder", "decode_label"]
+__all__ = ["LABEL_BATCH", "LABEL_SCHEMAS", "MAX_WEIGHT", "LabelBatchBuilder", "decode_label"]
 
 LABEL_SCHEMAS = frozenset({b"label.v1"})
 SOURCES = ("outcome", "human")
-FIELDS = frozenset({"event_id", "value", "source", "label_time", "annotator", "model"})
+FIELDS = frozenset({"event_id", "value", "source", "label_time", "annotator", "model",
+                    "weight"})
+MAX_WEIGHT = 100
 LABEL_BATCH = pa.schema([
     ("event_id", pa.string()), ("value", pa.float64()), ("source", pa.string()),
-    ("label_time", pa.int64()), ("model", pa.string()), ("source_partition", pa.int32()),
-    ("source_offset", pa.int64()), ("ingest_time", pa.int64())])
+    ("label_time", pa.int64()), ("model", pa.string()), ("weight", pa.int32()),
+    ("source_partition", pa.int32()), ("source_offset", pa.int64()),
+    ("ingest_time", pa.int64())])
 
 
 def decode_label(value: bytes | None) -> dict[str, Any] | Rejected:
@@ -71,8 +74,14 @@ def decode_label(value: bytes | None) -> dict[str, Any] | Rejected:
         got = d.get(name)
         if got is not None and not (isinstance(got, str) and 0 < len(got) <= MAX_ID):
             return Rejected("wrong-type", f"{name}: expected a string of 1..{MAX_ID}")
+    weight = d.get("weight", 1)
+    if type(weight) is float and weight.is_integer():
+        weight = int(weight)
+    if type(weight) is not int or not 1 <= weight <= MAX_WEIGHT:
+        return Rejected("out-of-range", f"weight: {shown(weight)} is not an integer in "
+                                        f"1..{MAX_WEIGHT}")
     return {"event_id": event_id, "value": float(v), "source": source, "label_time": t,
-            "model": d.get("model")}
+            "model": d.get("model"), "weight": weight}
 
 
 class LabelBatchBuilder:

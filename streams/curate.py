@@ -302,7 +302,8 @@ def samples(batch: PredictionBatch, chosen: list[Chosen], strategy: str,
             uncertainty=float(r.get("uncertainty") or 0.0), strategy=strategy,
             reason=c.reason, model_version=r["model_version"], event_time=r["event_time"],
             features=features.get(r["event_id"], {}), slice=c.slice,
-            head_version=r.get("head_version"), model_name=batch.model, score=c.score))
+            head_version=r.get("head_version"), model_name=batch.model, score=c.score,
+            weight=c.weight))
     return out
 
 

@@ -36,7 +36,7 @@ from pydantic import SecretStr
 
 from schemas.codec import MAX_TIME, Rejected, check_id, content_kind, shown
 from schemas.events import JSON, CurationSample, Label, headers
-from schemas.label_codec import decode_label
+from schemas.label_codec import MAX_WEIGHT, decode_label
 from streams.metrics import LABEL_REQUESTS
 from streams.outbox import Outbox
 from streams.settings import Settings
@@ -100,8 +100,8 @@ def to_label_studio(samples: Iterable[CurationSample]) -> list[dict[str, Any]]:
                      "event_time": s.event_time, "probability": s.probability,
                      "uncertainty": s.uncertainty, "strategy": s.strategy, "slice": s.slice,
                      "reason": s.reason, "model_version": s.model_version,
-                     "head_version": s.head_version, "features": dict(s.features),
-                     "summary": summary},
+                     "head_version": s.head_version, "model_name": s.model_name,
+                     "weight": s.weight, "features": dict(s.features), "summary": summary},
             "meta": {"source": "headwater", "schema": CurationSample.schema()},
         })
     return tasks
@@ -211,8 +211,17 @@ def from_label_studio(export: list[dict[str, Any]], now_ms: int
         if event_id in first:
             errors.append((i, f"{event_id}: already labelled by task {first[event_id]}"))
             continue
+        assert isinstance(data, dict)  # it gave an event id
+        model, weight = data.get("model_name"), data.get("weight", 1)
+        if type(weight) is float and weight.is_integer():
+            weight = int(weight)
+        if type(weight) is not int:
+            errors.append((i, f"{event_id}: weight: {shown(weight)} is not an integer"))
+            continue
         label = Label(event_id, value, "human", _annotation_time(latest) or now_ms,
-                      annotator=_annotator(latest.get("completed_by")))
+                      annotator=_annotator(latest.get("completed_by")),
+                      model=model if isinstance(model, str) and model else None,
+                      weight=weight)
         checked = decode_label(label.to_json())
         if isinstance(checked, Rejected):
             errors.append((i, f"{event_id}: {checked.reason}: {checked.detail}"))
@@ -358,12 +367,21 @@ def decode_sample(value: bytes | None, hdrs: Sequence[tuple[str, bytes]] = ()
     features = d.get("features") or {}
     if not isinstance(features, dict):
         return Rejected("wrong-type", "features: expected an object")
+    model, score, weight = d.get("model_name"), d.get("score"), d.get("weight", 1)
+    if model is not None and isinstance(got := check_id(d, "model_name"), Rejected):
+        return got
+    if score is not None and (not isinstance(score, int | float) or isinstance(score, bool)):
+        return Rejected("wrong-type", f"score: expected a number, got {type(score).__name__}")
+    if type(weight) is not int or not 1 <= weight <= MAX_WEIGHT:
+        return Rejected("out-of-range", f"weight: {shown(weight)} is not an integer in "
+                                        f"1..{MAX_WEIGHT}")
     try:
         return CurationSample(
             d["event_id"], d["entity_id"], float(d["probability"]), float(d["uncertainty"]),
             d["strategy"], d["reason"], d["model_version"], d["event_time"],
             {str(k): None if v is None else float(v) for k, v in features.items()},
-            d.get("slice"), d.get("head_version"))
+            d.get("slice"), d.get("head_version"), model,
+            None if score is None else float(score), weight)
     except (TypeError, ValueError) as exc:
         return Rejected("wrong-type", str(exc)[:200])
 

@@ -57,14 +57,15 @@ log = logging.getLogger(__name__)
 
 LABEL_BATCH_HEADERS = headers(ARROW, "label.v1")
 FLUSH_HEADERS = headers(JSON, "learn-flush.v1")
-# v2: heads keep their metrics in `models.scores`; v1 (river's metric objects) is not
-# read, so a learner upgraded over v1 checkpoints relearns from the training topic
-CHECKPOINT_HEADERS = headers("application/octet-stream", "learn-checkpoint.v2")
+# v3: a pending label carries its weight; v2 (heads keep their metrics in
+# `models.scores`) and v1 (river's metric objects) are not read, so a learner upgraded
+# over older checkpoints relearns from the training topic
+CHECKPOINT_HEADERS = headers("application/octet-stream", "learn-checkpoint.v3")
 STEP = 256  # questions and labels a head takes before the learner yields the event loop
 QUESTION = b"head-question.v1"
 LABELS = b"label.v1"
 FLUSH = b"learn-flush.v1"
-CHECKPOINT = b"learn-checkpoint.v2"
+CHECKPOINT = b"learn-checkpoint.v3"
 
 
 def add_questions(trainer: Trainer, t: pa.Table) -> list[str]:
@@ -111,7 +112,8 @@ def label_model(row: dict[str, Any], owner: dict[str, str], default: str) -> str
 
 def add_label(trainer: Trainer, row: dict[str, Any], where: Any = None) -> None:
     """One label row (label.v1 as ingest decodes it) to `trainer`, due at its label time."""
-    trainer.label(row["label_time"], row["event_id"], row["value"], row["source"], where)
+    trainer.label(row["label_time"], row["event_id"], row["value"], row["source"], where,
+                  row.get("weight") or 1)
 
 
 def head_name(model: str) -> str:

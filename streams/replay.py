@@ -156,8 +156,8 @@ class _Recorder(Head):
             self.asked_p[event_id] = _p_true(got, self.task)
         return None if lazy else got
 
-    def _learn(self, event_id: str, t: int, y: float) -> list[Outcome]:
-        out = super()._learn(event_id, t, y)
+    def _learn(self, event_id: str, t: int, y: float, weight: int = 1) -> list[Outcome]:
+        out = super()._learn(event_id, t, y, weight)
         if self.updates in self.versions and self.updates not in self.snapshots:
             self.snapshots[self.updates] = self.model_bytes()
         self.scored.append((event_id, t, self.asked_p.get(event_id, float("nan")), y))

@@ -161,6 +161,9 @@ class Settings(BaseSettings):
     curate_drift_boost: str = Field(
         "1h", description="How long (event time) a drift alert raises the share of slices "
         "with a drift_boost")
+    curate_max_weight: int = Field(
+        10, ge=1, le=100, description="Most times a random pick's label is learned (about "
+        "1/P(picked)); 1 learns every curated label once")
 
     # -- local broker (ops/) --------------------------------------------------------
     kafka_home: Path = Field(_CACHE / "kafka", description="Local broker files")
@@ -223,7 +226,8 @@ class Settings(BaseSettings):
         except json.JSONDecodeError as exc:
             raise ValueError(f"HEADWATER_CURATE_SLICES is not JSON: {exc}") from None
         slices = [Slice(**s) for s in raw]
-        return Curator(self.curate_strategy, budget, slices)
+        return Curator(self.curate_strategy, budget, slices,
+                       max_weight=self.curate_max_weight)
 
     def served_models(self) -> list[str]:
         """Registry names of the models the worker serves.

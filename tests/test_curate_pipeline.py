@@ -93,6 +93,9 @@ def test_curate_samples_within_the_budget_with_features_and_reasons(
                for x in samples)
     explored = sum(x["reason"].startswith("explore") for x in samples)
     assert 0.1 * len(samples) <= explored <= 0.3 * len(samples)  # 20% of the budget
+    # a random pick below the threshold is learned about 1 / (0.2 x 5%) times, at most 10
+    assert {x["weight"] for x in samples if not x["reason"].startswith("explore")} == {1}
+    assert {x["weight"] for x in samples if "learned 10x" in x["reason"]} == {10}
 
     # features equal the ones on the features topic, for every sample
     features = pa.concat_tables([read_ipc(v) for _, _, v in

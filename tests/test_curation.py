@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.curation import STRATEGIES, Budget, Curator, Slice, predicate, score
+from models.curation import STRATEGIES, Budget, Chosen, Curator, Slice, predicate, score
 
 HOUR = 3_600_000
 
@@ -130,3 +130,29 @@ def test_bad_budgets_and_strategies_are_refused() -> None:
     with pytest.raises(ValueError, match="more than the whole budget"):
         Curator("random", Budget(fraction=0.1), [Slice("a", "hour < 1", 0.7),
                                                  Slice("b", "hour > 1", 0.4)])
+
+
+def picks(curator: Curator, cols: dict[str, np.ndarray], size: int = 200) -> list[Chosen]:
+    """What the curator chose from the stream in batches of `size` rows."""
+    return [c for i in range(0, len(cols["event_id"]), size)
+            for c in curator.choose({k: v[i:i + size] for k, v in cols.items()})]
+
+
+def test_random_picks_the_strategy_would_not_make_are_weighted_by_their_odds() -> None:
+    cols = stream(hours=3, per_hour=10_000)
+    chosen = picks(Curator("least-confidence", Budget(fraction=0.05), seed=4), cols)
+    weighted = [c for c in chosen if c.weight > 1]
+    assert len(weighted) > 0.1 * len(chosen)
+    assert all(c.reason.startswith("explore") and f"learned {c.weight}x" in c.reason
+               for c in weighted)
+    # picked with probability explore * want, about 0.2 * 0.05: 1 / 0.01 = 100, capped at
+    # 10 (less while the window starts and the curator is catching up)
+    assert max(c.weight for c in weighted) == 10
+    assert sum(c.weight == 10 for c in weighted) > 0.9 * len(weighted)
+    assert all(c.weight == 1 for c in chosen if not c.reason.startswith("explore"))
+    three = picks(Curator("least-confidence", Budget(fraction=0.05), seed=4, max_weight=3),
+                  cols)
+    assert {c.weight for c in three} == {1, 3}
+    assert {c.weight for c in picks(Curator("random", Budget(fraction=0.05)), cols)} == {1}
+    with pytest.raises(ValueError, match="max_weight"):
+        Curator("entropy", Budget(fraction=0.05), max_weight=0)

@@ -36,7 +36,7 @@ SAMPLES = [
                    {"f1.last": 41.0, "f1.z_15m": None}, slice=None, head_version=17),
     CurationSample("shuttle-000102", "shuttle-2", 0.31, 0.62, "variable-uncertainty",
                    "randomised threshold 0.7", 3, 1_388_534_520_000, {"f1.last": 37.5},
-                   slice="shuttle-2", head_version=None),
+                   slice="shuttle-2", head_version=None, model_name="shuttle", weight=4),
     CurationSample("shuttle-000103", "shuttle-3", 0.70, 0.40, "margin", "margin 0.4", 4,
                    1_388_534_580_000, {}),
 ]
@@ -87,7 +87,8 @@ def test_tasks_carry_every_sample_field_and_survive_json() -> None:
     for task, s in zip(tasks, SAMPLES, strict=True):
         data = task["data"]
         for name in ("event_id", "entity_id", "event_time", "probability", "uncertainty",
-                     "strategy", "slice", "reason", "model_version", "head_version"):
+                     "strategy", "slice", "reason", "model_version", "head_version",
+                     "model_name", "weight"):
             assert data[name] == getattr(s, name), name
         assert data["features"] == s.features
         assert s.entity_id in data["summary"] and s.reason in data["summary"]
@@ -119,7 +120,8 @@ def test_round_trip_of_an_export() -> None:
     assert errors == []
     assert labels == [
         Label("shuttle-000101", 1.0, "human", 1_714_644_930_123, annotator="3"),
-        Label("shuttle-000102", 0.0, "human", 1_714_640_400_000, annotator="ann@example.com"),
+        Label("shuttle-000102", 0.0, "human", 1_714_640_400_000, annotator="ann@example.com",
+              model="shuttle", weight=4),  # the sample's model and weight come back
         # no updated_at: the created_at of the annotation
         Label("shuttle-000103", 2.5, "human", 1_714_644_900_000, annotator="4"),
     ]
@@ -176,9 +178,11 @@ def test_each_bad_task_is_named_and_gives_no_label() -> None:
     two_choices["annotations"][0]["result"][0]["value"]["choices"] = ["positive", "negative"]
     long_annotator = task(annotations=[annotation("positive", who="x" * 300)],
                           data={**good["data"], "event_id": "shuttle-000999"})
+    heavy = task(data={**good["data"], "event_id": "shuttle-000998", "weight": 1000})
+    wordy = task(data={**good["data"], "event_id": "shuttle-000997", "weight": "4"})
     export = [good, no_id, unknown, bad_number, task(annotations=[]),
               task(annotations=[annotation("positive", cancelled=True)]), both, two_choices,
-              copy.deepcopy(good), long_annotator, "not a task"]
+              copy.deepcopy(good), long_annotator, "not a task", heavy, wordy]
     labels, errors = from_label_studio(export, now_ms=NOW)  # type: ignore[arg-type]
     assert [x.event_id for x in labels] == ["shuttle-000101"]
     assert dict(errors) == {
@@ -192,6 +196,8 @@ def test_each_bad_task_is_named_and_gives_no_label() -> None:
         8: "shuttle-000101: already labelled by task 0",
         9: "shuttle-000999: wrong-type: annotator: expected a string of 1..256",
         10: "no data.event_id",
+        11: "shuttle-000998: out-of-range: weight: 1000 is not an integer in 1..100",
+        12: "shuttle-000997: weight: '4' is not an integer",
     }
 
 
@@ -220,6 +226,13 @@ def test_curation_samples_decode_back() -> None:
     for s in SAMPLES:
         assert decode_sample(s.to_json(), s.headers()) == s
     assert isinstance(decode_sample(b"[]"), Rejected)
+    sample = orjson.loads(SAMPLES[1].to_json())
+    for name, value, detail in (("weight", 0, "weight: 0 is not an integer in 1..100"),
+                                ("weight", True, "weight: True is not an integer in 1..100"),
+                                ("score", "high", "score: expected a number, got str"),
+                                ("model_name", "", "model_name: length 0 not in 1..256")):
+        got = decode_sample(orjson.dumps({**sample, name: value}))
+        assert isinstance(got, Rejected) and got.detail == detail, got
     assert isinstance(decode_sample(SAMPLES[0].to_json(), [("schema", b"label.v1")]), Rejected)
 
 
@@ -231,8 +244,10 @@ LABEL = {"event_id": "e1", "value": 1, "source": "human", "label_time": 5, "anno
 def test_check_labels_takes_one_or_a_list_and_keeps_every_field() -> None:
     good, errors = check_labels(orjson.dumps(LABEL))
     assert errors == [] and good == [("e1", orjson.dumps(LABEL))]
-    two = [LABEL, {**LABEL, "event_id": "e2", "value": 0.0}]
+    two = [LABEL, {**LABEL, "event_id": "e2", "value": 0.0, "weight": 7}]
     assert [k for k, _ in check_labels(orjson.dumps(two))[0]] == ["e1", "e2"]
+    assert decode_label(orjson.dumps(two[1]))["weight"] == 7  # type: ignore[index]
+    assert decode_label(orjson.dumps(LABEL))["weight"] == 1  # type: ignore[index]
 
 
 @pytest.mark.parametrize(("body", "errors"), [
@@ -242,6 +257,8 @@ def test_check_labels_takes_one_or_a_list_and_keeps_every_field() -> None:
     (orjson.dumps([LABEL, {**LABEL, "source": "bot"}, {**LABEL, "event_id": "e3"},
                    {**LABEL, "colour": "red"}]), [1, 3]),
     (orjson.dumps([LABEL, LABEL]), [1]),
+    (orjson.dumps([LABEL, {**LABEL, "event_id": "e2", "weight": 0},
+                   {**LABEL, "event_id": "e3", "weight": 2.5}]), [1, 2]),
     (orjson.dumps({k: v for k, v in LABEL.items() if k != "source"}), [0]),
 ])
 def test_check_labels_refuses_the_whole_body_naming_each_bad_item(

@@ -29,11 +29,12 @@ class Record:
     key: bytes | None = None
 
 
-def labels(*rows: tuple[str, float, int, str | None, int]) -> bytes:
+def labels(*rows: tuple[str, float, int, str | None, int], weight: int | None = None
+           ) -> bytes:
     """label batch rows: (event id, value, label time, model, source offset)."""
     return write_ipc(pa.RecordBatch.from_pylist([
         {"event_id": e, "value": v, "source": "outcome", "label_time": t, "model": m,
-         "source_partition": 2, "source_offset": o, "ingest_time": 0}
+         "weight": weight, "source_partition": 2, "source_offset": o, "ingest_time": 0}
         for e, v, t, m, o in rows], schema=LABEL_BATCH))
 
 
@@ -75,6 +76,20 @@ def test_questions_then_labels_are_learned_in_order() -> None:
     assert head.updates == 2 and head.counts["asked"] == 3
     assert learn.offset == 3 and outbox.dead == []
     assert learn.trainers["shuttle"].names == ("f.last", "deep_score")
+
+
+def test_a_label_is_learned_as_many_times_as_its_weight() -> None:
+    seen = {}
+    for weight in (None, 1, 4):  # None: a batch from before labels had a weight
+        learn, _ = learner()
+        run(learn, Record(questions(["a", "b"], [0, 10]), QUESTION_HEADERS, 0),
+            Record(labels(("a", 1, 5, None, 7), weight=weight), LABEL_BATCH_HEADERS, 1),
+            Record(b"{}", FLUSH_HEADERS, 2))
+        assert learn.trainers is not None
+        head = learn.trainers["shuttle"].head
+        assert head.updates == 1
+        seen[weight] = head.model["StandardScaler"].counts["f.last"]  # rows the scaler saw
+    assert seen == {None: 1, 1: 1, 4: 4}
 
 
 def test_unlearnable_labels_are_dead_lettered_with_their_source_coordinates() -> None:

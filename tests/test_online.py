@@ -187,6 +187,24 @@ def test_duplicate_label_before_its_features_is_learned_once() -> None:
     assert h.model.weights == learned_once(True).weights
 
 
+def test_a_weighted_label_is_scored_once_and_learned_as_many_times() -> None:
+    three = linear_model.LogisticRegression()
+    for _ in range(3):
+        three.learn_one(X, True)
+    after, before = head(horizon_ms=100), head(horizon_ms=100)
+    after.ask("e1", 0, X)
+    after.answer("e1", 5, 1.0, weight=3)
+    before.answer("e1", 0, 1.0, weight=3)  # the label first: it waits, weight and all
+    before.ask("e1", 2, X)
+    for h in (after, before):
+        assert h.model.weights == three.weights and h.model.weights != learned_once(True).weights
+        assert (h.counts["learned"], h.updates) == (1, 1)
+    after.ask("e2", 6, X)  # scored once each: the mean of two log losses, not of four
+    after.answer("e2", 7, 1.0)
+    p = three.predict_proba_one(X)[True]
+    assert after.metrics()["log_loss"] == pytest.approx((math.log(2) - math.log(p)) / 2)
+
+
 @pytest.mark.parametrize("y", [2.0, -1.0, 0.5, math.nan])
 def test_bad_classification_label_is_rejected(y: float) -> None:
     h = head(horizon_ms=100)
