@@ -4,8 +4,9 @@ beside the ceiling of decoding them alone, measured in the same run, for both fo
     python bench/curate.py [--events 200000] [--batch 4096] [--strategy least-confidence]
 
 JSON: the documents infer writes (`schemas.predictions.predictions_json`), polled in
-batches of `--batch` as the stage's consumer takes them, beside orjson decoding them
-alone. Arrow (`HEADWATER_PREDICTIONS_FORMAT=arrow`): the batches infer writes, `--batch`
+batches of `--batch` as the stage's consumer takes them, beside decoding them alone with
+orjson (to dicts) and with msgspec (to the typed `streams.curate.Doc`, checked: what
+curate does). Arrow (`HEADWATER_PREDICTIONS_FORMAT=arrow`): the batches infer writes, `--batch`
 rows each, read by column, beside `read_ipc` alone (a zero-copy read: it bounds nothing,
 it shows the decode is free). Timed: decode, check and columns
 (`streams.curate.decode_predictions`), and the curator's choice at a 5% budget
@@ -32,7 +33,7 @@ from models.curation import Budget, Curator  # noqa: E402
 from schemas.codec import read_ipc, write_ipc  # noqa: E402
 from schemas.events import ARROW, JSON  # noqa: E402
 from schemas.predictions import predictions_json  # noqa: E402
-from streams.curate import decode_predictions  # noqa: E402
+from streams.curate import _DOC, decode_predictions  # noqa: E402
 
 
 class Rec:
@@ -109,6 +110,11 @@ def main() -> None:
         for r in poll:
             orjson.loads(r.value)
     ceiling = a.events / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for poll in polls:
+        for r in poll:
+            _DOC.decode(r.value)
+    typed = a.events / (time.perf_counter() - started)
     rate, picked = curate_rate(polls, a.strategy, a.events)
 
     blobs = arrow_batches(a.events, a.batch)  # one message a batch: a poll of one
@@ -121,9 +127,10 @@ def main() -> None:
 
     print(f"{a.events:,} predictions in polls of {a.batch:,}, {a.strategy}, 5% budget "
           f"({picked:,} picked from JSON, {arrow_picked:,} from Arrow)")
-    print(f"  orjson decode alone (ceiling):       {ceiling:>12,.0f} events/s")
+    print(f"  orjson decode alone (to dicts):      {ceiling:>12,.0f} events/s")
+    print(f"  msgspec decode alone (ceiling):      {typed:>12,.0f} events/s")
     print(f"  curate JSON (decode, check, choose): {rate:>12,.0f} events/s "
-          f"({rate / ceiling:.2f} x the ceiling)")
+          f"({rate / typed:.2f} x the ceiling)")
     print(f"  Arrow read_ipc alone (ceiling):      {arrow_ceiling:>12,.0f} events/s")
     print(f"  curate Arrow (read, check, choose):  {arrow_rate:>12,.0f} events/s "
           f"({arrow_rate / arrow_ceiling:.2f} x the ceiling)")

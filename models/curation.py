@@ -390,7 +390,8 @@ class Curator:
         for k, w in enumerate(windows):
             w.add(times[member == k], scores[member == k])
         allowed_now = self._allowed()
-        fresh = np.array([i not in self.sent for i in ids.tolist()], bool)
+        sent = self.sent
+        fresh = np.array([i not in sent for i in ids.tolist()], bool)
         out: list[Chosen] = []
         for k, (name, w) in enumerate(self.windows.items()):
             rows = np.nonzero((member == k) & fresh)[0]
@@ -414,21 +415,21 @@ class Curator:
             of = f"({name}: {w.taken}/{allowed:.3g} of {self.budget.describe()})"
             # a random pick below the threshold was made with probability explore * want
             weight = min(self.max_weight, max(1, round(1.0 / max(explore * want, 1e-9))))
-            for r in picked.tolist():
-                if r in lucky and scores[r] < threshold:
-                    out.append(Chosen(r, float(scores[r]), name,
-                                      f"explore: a random pick ({explore:.0%} of the budget, "
-                                      f"learned {weight}x) {of}", weight))
-                elif r in lucky:
-                    out.append(Chosen(r, float(scores[r]), name,
-                                      f"explore: a random pick ({explore:.0%} of the budget) "
-                                      f"{of}"))
+            chance = set(lucky.tolist())
+            explored = f"explore: a random pick ({explore:.0%} of the budget"
+            for r, sc in zip(picked.tolist(), scores[picked].tolist(), strict=True):
+                if r not in chance:
+                    out.append(Chosen(r, sc, name, f"{self.strategy} {sc:.3g} >= "
+                                                   f"{threshold:.3g} {of}"))
+                elif sc < threshold:
+                    out.append(Chosen(r, sc, name, f"{explored}, learned {weight}x) {of}",
+                                      weight))
                 else:
-                    out.append(Chosen(r, float(scores[r]), name, f"{self.strategy} "
-                                      f"{scores[r]:.3g} >= {threshold:.3g} {of}"))
+                    out.append(Chosen(r, sc, name, f"{explored}) {of}"))
         out.sort(key=lambda c: c.row)
-        for c in out:
-            self.sent[str(ids[c.row])] = None
+        sent = self.sent
+        for i in ids[[c.row for c in out]].tolist():
+            sent[str(i)] = None
         while len(self.sent) > self.remember:
             self.sent.popitem(last=False)
         return out

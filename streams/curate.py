@@ -24,8 +24,9 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -55,26 +56,63 @@ log = logging.getLogger(__name__)
 
 SAMPLE_HEADERS = headers(JSON, "curation-sample.v1")
 MAX_RECORDS = 20_000  # predictions (messages) a poll takes, at most
+ARROW_TYPE = ARROW.encode()
+CT_ARROW = ("content-type", ARROW_TYPE)
 NUMBERS = ("probability", "uncertainty", "variance", "head_probability")
 INTS = ("event_time", "model_version", "head_version", "features_partition", "features_offset")
+
+
+Id = Annotated[str, msgspec.Meta(min_length=1)]
+Chance = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+INT64 = (-(1 << 63), (1 << 63) - 1)
+Int64 = Annotated[int, msgspec.Meta(ge=INT64[0], le=INT64[1])]
+
+
+class Doc(msgspec.Struct, frozen=True, gc=False):
+    """The prediction.v1 fields curate reads, with `_check`'s rules as types: decoding
+    one checks it (in C: a number is not a bool, an integer field refuses 5.0, a number
+    JSON cannot hold as a double is out of range). Other fields are skipped. Untracked
+    by the garbage collector (about 8% faster to decode): it holds no containers."""
+
+    event_id: Id
+    entity_id: Id
+    model_name: Id
+    probability: Chance
+    model_version: Int64
+    event_time: Int64
+    uncertainty: float | None = None
+    variance: float | None = None
+    head_probability: Chance | None = None
+    head_version: Int64 | None = None
+    item_id: str | None = None
+    features_partition: Int64 | None = None
+    features_offset: Int64 | None = None
+
+
+_DOC = msgspec.json.Decoder(Doc)
 
 
 @dataclass
 class PredictionBatch:
     """One model's predictions of a poll, as columns, with each row's coordinates.
 
-    Arrow batches whose columns pass the checks as a whole stay columnar (`table`);
-    documents read one by one (JSON, or Arrow rows with a doubt) are `rows`, after the
-    table's rows; `where` holds every row's (topic, partition, offset) in that order.
+    Arrow batches whose columns pass the checks as a whole stay columnar (`table`); a
+    poll's JSON documents that all decode as `Doc`s are `docs` (with their columns,
+    `doc_columns`); documents read one by one (JSON in a
+    poll with a doubt, or Arrow rows with one) are `rows`. Rows count in that order,
+    and `where` holds every row's (topic, partition, offset) in that order.
     """
 
     model: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     where: list[tuple[str, int, int]] = field(default_factory=list)  # topic, partition, offset
     table: pa.Table | None = None
+    docs: list[Doc] = field(default_factory=list)
+    doc_columns: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
-        return (0 if self.table is None else self.table.num_rows) + len(self.rows)
+        return (0 if self.table is None else self.table.num_rows) + len(self.docs) \
+            + len(self.rows)
 
     def row(self, i: int) -> dict[str, Any]:
         """Row `i` as a document."""
@@ -83,12 +121,17 @@ class PredictionBatch:
             assert self.table is not None
             got: dict[str, Any] = self.table.slice(i, 1).to_pylist()[0]
             return got
-        return self.rows[i - n]
+        if i < n + len(self.docs):
+            doc: dict[str, Any] = msgspec.structs.asdict(self.docs[i - n])
+            return doc
+        return self.rows[i - n - len(self.docs)]
 
     def columns(self) -> dict[str, np.ndarray]:
         """What the curator reads: the probability curated on is the online head's where
         one scored the event, else the deep model's."""
         parts = [self._table_columns()] if self.table is not None else []
+        if self.doc_columns is not None:
+            parts.append(self.doc_columns)
         if self.rows or not parts:
             parts.append(self._row_columns())
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -194,8 +237,8 @@ def _check(d: Any) -> dict[str, Any] | str:
         v = d.get(name)
         if v is None and name not in ("event_time", "model_version"):
             continue
-        if type(v) is not int:
-            return f"{name}: expected an integer"
+        if type(v) is not int or not INT64[0] <= v <= INT64[1]:
+            return f"{name}: expected a 64-bit integer"
     return d
 
 
@@ -225,7 +268,45 @@ def _all_fine(docs: list[Any]) -> bool:
         allowed = {int} if name in ("event_time", "model_version") else {int, type(None)}
         if not set(map(type, col)) <= allowed:
             return False
+        ints = [x for x in col if x is not None]
+        if ints and (min(ints) < INT64[0] or max(ints) > INT64[1]):
+            return False
     return True
+
+
+def _doc_columns(docs: list[Doc]) -> dict[str, np.ndarray]:
+    """The columns the curator reads, of documents `Doc` has checked."""
+    return {
+        "event_id": np.array([d.event_id for d in docs], object),
+        "entity_id": np.array([d.entity_id for d in docs], object),
+        "item_id": np.array([d.item_id for d in docs], object),
+        "event_time": np.array([d.event_time for d in docs], np.int64),
+        "deep_probability": np.array([d.probability for d in docs], np.float64),
+        # None is NaN here (a JSON number never is)
+        "head_probability": np.array([d.head_probability for d in docs], np.float64),
+        "variance": np.array([d.variance for d in docs], np.float64),
+        "model_version": np.array([d.model_version for d in docs], np.int64),
+    }
+
+
+def _decode_docs(records: list[Any]) -> dict[str, PredictionBatch] | None:
+    """A poll's JSON predictions as one batch per model, each document decoded and
+    checked as a `Doc`; None if any fails (then each document is read and checked on
+    its own, which names the bad ones)."""
+    try:
+        docs = [_DOC.decode(r.value or b"") for r in records]
+    except msgspec.DecodeError:  # a ValidationError too
+        return None
+    models = {d.model_name for d in docs}
+    out: dict[str, PredictionBatch] = {}
+    for model in models:
+        mine = [i for i, d in enumerate(docs) if d.model_name == model] \
+            if len(models) > 1 else range(len(docs))
+        batch = PredictionBatch(model, docs=[docs[i] for i in mine])
+        batch.doc_columns = _doc_columns(batch.docs)
+        batch.where = [(r.topic, r.partition, r.offset) for r in (records[i] for i in mine)]
+        out[model] = batch
+    return out
 
 
 def decode_predictions(records: list[Any]
@@ -246,8 +327,13 @@ def decode_predictions(records: list[Any]
     bad: list[tuple[Any, Rejected]] = []
     decoded: list[tuple[Any, int, Any, bool]] = []  # record, row, document, one of many
     tables: dict[str, list[tuple[Any, pa.Table]]] = {}  # Arrow batches checked by column
-    for r in records:
-        if header(r.headers, "content-type") == ARROW.encode():
+    # header() only for records that hold an Arrow content type at all (it takes the last)
+    arrow = [CT_ARROW in r.headers and header(r.headers, "content-type") == ARROW_TYPE
+             for r in records]
+    documents = [r for r, a in zip(records, arrow, strict=True) if not a]
+    fast = _decode_docs(documents) if documents else None
+    for r, is_arrow in zip(records, arrow, strict=True):
+        if is_arrow:
             try:
                 t = read_ipc(r.value)
             except (pa.ArrowInvalid, OSError) as exc:
@@ -260,6 +346,8 @@ def decode_predictions(records: list[Any]
             docs: list[Any] = t.to_pylist()
             for d in docs:
                 d.setdefault("model_name", d.get("model_name") or name)
+        elif fast is not None:  # every document of the poll was read as a Doc
+            continue
         else:
             try:
                 docs = [orjson.loads(r.value or b"")]
@@ -272,6 +360,10 @@ def decode_predictions(records: list[Any]
         batch.table = pa.concat_tables([t for _, t in got], promote_options="permissive")
         batch.where = [(r.topic, r.partition, r.offset) for r, t in got
                        for _ in range(t.num_rows)]
+    for model, b in (fast or {}).items():  # after the tables' rows, before the others
+        batch = out.setdefault(model, PredictionBatch(model))
+        batch.docs, batch.doc_columns = b.docs, b.doc_columns
+        batch.where += b.where
     if _all_fine([d for _, _, d, _ in decoded]):  # one check per column, not per row
         for r, _, d, _ in decoded:
             batch = out.setdefault(d["model_name"], PredictionBatch(d["model_name"]))

@@ -1,11 +1,12 @@
-"""Curate reads Arrow predictions by column: the same columns, rows and choices as the
-same predictions as JSON documents, and a batch with a bad row is read row by row so the
-bad rows are named and the good ones kept."""
+"""Curate reads Arrow predictions by column and a poll of JSON documents as typed
+`Doc`s: the same columns, rows and choices as documents read one by one; a batch or poll
+with a bad row is read row by row so the bad rows are named and the good ones kept."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from models.curation import Budget, Curator
 from schemas.codec import write_ipc
@@ -103,3 +104,72 @@ def test_an_arrow_batch_with_bad_rows_is_read_row_by_row() -> None:
     assert [w[2] for w in b.where] == [1] * 5 + [0] * 8
     assert b.columns()["event_id"].tolist() == [f"e{k}" for k in range(100, 105)] + [
         f"e{k}" for k in range(10) if k not in (2, 7)]
+
+
+def json_poll(n: int = N) -> list[bytes]:
+    t, (p, unc, var, head) = features(n), scores(n)
+    return predictions_json(t, p, unc, var, ("shuttle", 4), 1_700_000_001_000, (9, head))
+
+
+def test_json_documents_read_typed_equal_the_ones_read_one_by_one() -> None:
+    docs = json_poll()
+    typed, bad = decode_predictions([Rec(d, i, JSON) for i, d in enumerate(docs)])
+    assert not bad
+    # one bad document makes the poll's documents read and checked one by one
+    one_by_one, bad = decode_predictions([Rec(d, i, JSON) for i, d in enumerate(docs)]
+                                         + [Rec(b"{", N, JSON)])
+    assert [(r.offset, why.reason) for r, why in bad] == [(N, "not-json")]
+    t, o = typed["shuttle"], one_by_one["shuttle"]
+    assert len(t.docs) == N and t.rows == [] and o.docs == [] and len(o.rows) == N
+    assert t.where == o.where == [("predictions", 1, i) for i in range(N)]
+    ct, co = t.columns(), o.columns()
+    assert ct.keys() == co.keys()
+    for k in ct:
+        assert ct[k].dtype == co[k].dtype, k
+        assert np.array_equal(ct[k], co[k], equal_nan=ct[k].dtype.kind == "f"), k
+    for i in (0, 5, N - 1):  # the fields `samples` reads
+        row, doc = t.row(i), o.row(i)
+        assert {k: row[k] for k in row if k in doc} == {k: doc[k] for k in row if k in doc}
+        assert row["head_probability"] is None if i % 5 == 0 else row["head_probability"] >= 0
+
+
+def test_a_poll_of_several_models_and_formats_keeps_row_order_and_coordinates() -> None:
+    docs = json_poll(6)
+    other = [d.replace(b'"model_name":"shuttle"', b'"model_name":"other"') for d in docs[:2]]
+    arrow = as_arrow(features(3, first=50), *scores(3))
+    batches, bad = decode_predictions([Rec(docs[2], 0, JSON), Rec(other[0], 1, JSON),
+                                       Rec(write_ipc(arrow), 2, ARROW),
+                                       Rec(docs[3], 3, JSON), Rec(other[1], 4, JSON)])
+    assert not bad
+    s = batches["shuttle"]
+    assert [w[2] for w in s.where] == [2, 2, 2, 0, 3]  # the table's rows first
+    assert s.columns()["event_id"].tolist() == ["e50", "e51", "e52", "e2", "e3"]
+    assert [s.row(i)["event_id"] for i in range(5)] == ["e50", "e51", "e52", "e2", "e3"]
+    o = batches["other"]
+    assert [w[2] for w in o.where] == [1, 4] and o.columns()["event_id"].tolist() == ["e0", "e1"]
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ((b'"probability":', b'"probability":1.4,"x":'), "probability: 1.4 is not in [0, 1]"),
+    ((b'"probability":', b'"probability":true,"x":'), "probability: expected a finite number"),
+    ((b'"probability":', b'"probability":null,"x":'), "probability: expected a finite number"),
+    ((b'"head_probability":', b'"head_probability":-0.5,"x":'),
+     "head_probability: -0.5 is not in [0, 1]"),
+    ((b'"event_time":', b'"event_time":5.0,"x":'), "event_time: expected a 64-bit integer"),
+    ((b'"model_version":4', b'"model_version":9223372036854775808'),
+     "model_version: expected a 64-bit integer"),
+    ((b'"features_offset":', b'"features_offset":-9223372036854775809,"x":'),
+     "features_offset: expected a 64-bit integer"),
+    ((b'"event_id":"e1"', b'"event_id":""'), "event_id: expected a non-empty string"),
+    ((b'"model_name":"shuttle",', b''), "model_name: expected a non-empty string"),
+    ((b'"uncertainty":', b'"uncertainty":"high","x":'), "uncertainty: expected a finite number"),
+])
+def test_each_rule_refuses_the_document_and_keeps_the_others(
+        change: tuple[bytes, bytes], reason: str) -> None:
+    docs = json_poll(4)
+    assert change[0] in docs[1]
+    docs[1] = docs[1].replace(*change)
+    batches, bad = decode_predictions([Rec(d, i, JSON) for i, d in enumerate(docs)])
+    assert [(r.offset, why.reason, why.detail) for r, why in bad] == [
+        (1, "bad-prediction", reason)]
+    assert batches["shuttle"].columns()["event_id"].tolist() == ["e0", "e2", "e3"]
