@@ -122,6 +122,8 @@ class Head:
         self._waiting: OrderedDict[str, tuple[int, float, str, Any, int]] = OrderedDict()
         self._answered: OrderedDict[str, int] = OrderedDict()  # event id -> answer time
         self._unasked: list[str] = []  # asked lazily, not predicted yet
+        # what learning a waiting label in `ask` gave (a drift): `take` hands it out
+        self.held: list[Outcome] = []
 
     # -- the stream ------------------------------------------------------------------
 
@@ -148,8 +150,14 @@ class Head:
             self._asked.popitem(last=False)
             self.counts["evicted"] += 1
         if (w := self._waiting.pop(event_id, None)) is not None:
-            self._learn(event_id, w[0], w[1], w[4])
+            self.held += self._learn(event_id, w[0], w[1], w[4])
         return None if lazy else y_pred
+
+    def take(self) -> list[Outcome]:
+        """The outcomes of labels learned when their event was asked (they waited for
+        its features), once: `ask` returns a prediction, not outcomes."""
+        out, self.held = self.held, []
+        return out
 
     def answer(self, event_id: str, t: int, y: float, source: str = "outcome",
                where: Any = None, weight: int = 1) -> list[Outcome]:

@@ -66,6 +66,8 @@ class Trainer:
             if kind == "q":
                 event_id, x, entity = payload
                 head.ask(event_id, t, x, entity, lazy=True)
+                if head.held:
+                    out += head.take()
             else:
                 event_id, y, source, where, weight = payload
                 out += head.answer(event_id, t, y, source, where, weight)

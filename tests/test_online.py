@@ -19,6 +19,7 @@ from river import checks, compose, linear_model, optim
 
 from models.head import Head, HeadConfig, Outcome
 from models.online import EXAMPLE_SPECS, boost_learning_rate, build_learner, task_of
+from models.trainer import Trainer
 
 SPECS = EXAMPLE_SPECS
 
@@ -369,6 +370,20 @@ def test_drift_reset_on_a_flipped_concept() -> None:
     assert out.extra["action"] == "reset" and out.extra["labels"] == i
     assert h.counts["drift"] == len(drifts)
     assert h.metrics(rolling=True)["accuracy"] > 0.9  # it relearned the new concept
+
+
+def test_a_drift_seen_on_a_label_that_waited_for_its_features_is_not_lost() -> None:
+    flip = 1000
+    trainer = Trainer(head(horizon_ms=10_000, drift="ADWIN", drift_action="reset"))
+    rng = random.Random(0)
+    for i in range(2000):
+        v = rng.choice((-1.0, 1.0))
+        trainer.label(2 * i, f"e{i}", float(v > 0) if i < flip else float(v < 0))
+        trainer.question(2 * i + 1, f"e{i}", {"x": v})  # the label comes first: it waits
+    drifts = [o for o in trainer.flush() if o.kind == "drift"]
+    assert drifts and trainer.head.counts["drift"] == len(drifts)
+    assert flip <= int(drifts[0].event_id[1:]) < flip + 200
+    assert trainer.head.take() == []  # handed out once
 
 
 def test_no_drift_on_a_stable_concept() -> None:
