@@ -427,9 +427,8 @@ class Curator:
                 else:
                     out.append(Chosen(r, sc, name, f"{explored}) {of}"))
         out.sort(key=lambda c: c.row)
-        sent = self.sent
         for i in ids[[c.row for c in out]].tolist():
             sent[str(i)] = None
-        while len(self.sent) > self.remember:
-            self.sent.popitem(last=False)
+        while len(sent) > self.remember:
+            sent.popitem(last=False)
         return out

@@ -265,8 +265,7 @@ class Head:
         if self.frozen:
             return out
         x = asked.x.to_dict() if isinstance(asked.x, Row) else asked.x
-        self.model.learn_one(x, target)
-        for _ in range(weight - 1):
+        for _ in range(weight):
             self.model.learn_one(x, target)
         self.updates += 1
         self.counts["learned"] += 1

@@ -98,9 +98,9 @@ class PredictionBatch:
 
     Arrow batches whose columns pass the checks as a whole stay columnar (`table`); a
     poll's JSON documents that all decode as `Doc`s are `docs` (with their columns,
-    `doc_columns`); documents read one by one (JSON in a
-    poll with a doubt, or Arrow rows with one) are `rows`. Rows count in that order,
-    and `where` holds every row's (topic, partition, offset) in that order.
+    `doc_columns`); documents read one by one (JSON in a poll with a doubt, or Arrow
+    rows with one) are `rows`. Rows count in that order, and `where` holds every row's
+    (topic, partition, offset) in that order.
     """
 
     model: str
