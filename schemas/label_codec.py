@@ -24,7 +24,8 @@ import pyarrow as pa
 
 from schemas.codec import MAX_ID, MAX_TIME, Record, Rejected, check_id, content_kind, shown
 
-__all__ = ["LABEL_BATCH", "LABEL_SCHEMAS", "MAX_WEIGHT", "LabelBatchBuilder", "decode_label"]
+__all__ = ["LABEL_BATCH", "LABEL_SCHEMAS", "MAX_WEIGHT", "LabelBatchBuilder", "check_weight",
+           "decode_label"]
 
 LABEL_SCHEMAS = frozenset({b"label.v1"})
 SOURCES = ("outcome", "human")
@@ -36,6 +37,21 @@ LABEL_BATCH = pa.schema([
     ("label_time", pa.int64()), ("model", pa.string()), ("weight", pa.int32()),
     ("source_partition", pa.int32()), ("source_offset", pa.int64()),
     ("ingest_time", pa.int64())])
+
+
+def check_weight(value: object) -> int | Rejected:
+    """A label's or curation sample's weight (how many times the head learns the label):
+    an integer in 1..MAX_WEIGHT, an integral float taken as one.
+
+    >>> check_weight(2.0), check_weight(0)
+    (2, Rejected(reason='out-of-range', detail='weight: 0 is not an integer in 1..100', row=None))
+    """
+    if type(value) is float and value.is_integer():
+        value = int(value)
+    if type(value) is not int or not 1 <= value <= MAX_WEIGHT:
+        return Rejected("out-of-range", f"weight: {shown(value)} is not an integer in "
+                                        f"1..{MAX_WEIGHT}")
+    return value
 
 
 def decode_label(value: bytes | None) -> dict[str, Any] | Rejected:
@@ -74,12 +90,9 @@ def decode_label(value: bytes | None) -> dict[str, Any] | Rejected:
         got = d.get(name)
         if got is not None and not (isinstance(got, str) and 0 < len(got) <= MAX_ID):
             return Rejected("wrong-type", f"{name}: expected a string of 1..{MAX_ID}")
-    weight = d.get("weight", 1)
-    if type(weight) is float and weight.is_integer():
-        weight = int(weight)
-    if type(weight) is not int or not 1 <= weight <= MAX_WEIGHT:
-        return Rejected("out-of-range", f"weight: {shown(weight)} is not an integer in "
-                                        f"1..{MAX_WEIGHT}")
+    weight = check_weight(d.get("weight", 1))
+    if isinstance(weight, Rejected):
+        return weight
     return {"event_id": event_id, "value": float(v), "source": source, "label_time": t,
             "model": d.get("model"), "weight": weight}
 

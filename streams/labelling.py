@@ -36,7 +36,7 @@ from pydantic import SecretStr
 
 from schemas.codec import MAX_TIME, Rejected, check_id, content_kind, shown
 from schemas.events import JSON, CurationSample, Label, headers
-from schemas.label_codec import MAX_WEIGHT, decode_label
+from schemas.label_codec import check_weight, decode_label
 from streams.metrics import LABEL_REQUESTS
 from streams.outbox import Outbox
 from streams.settings import Settings
@@ -372,9 +372,8 @@ def decode_sample(value: bytes | None, hdrs: Sequence[tuple[str, bytes]] = ()
         return got
     if score is not None and (not isinstance(score, int | float) or isinstance(score, bool)):
         return Rejected("wrong-type", f"score: expected a number, got {type(score).__name__}")
-    if type(weight) is not int or not 1 <= weight <= MAX_WEIGHT:
-        return Rejected("out-of-range", f"weight: {shown(weight)} is not an integer in "
-                                        f"1..{MAX_WEIGHT}")
+    if isinstance(weight := check_weight(weight), Rejected):
+        return weight
     try:
         return CurationSample(
             d["event_id"], d["entity_id"], float(d["probability"]), float(d["uncertainty"]),
