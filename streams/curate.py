@@ -99,16 +99,22 @@ class PredictionBatch:
     Arrow batches whose columns pass the checks as a whole stay columnar (`table`); a
     poll's JSON documents that all decode as `Doc`s are `docs` (with their columns,
     `doc_columns`); documents read one by one (JSON in a poll with a doubt, or Arrow
-    rows with one) are `rows`. Rows count in that order, and `where` holds every row's
-    (topic, partition, offset) in that order.
+    rows with one) are `rows`. Rows count in that order; `records` holds the message each
+    row came from, in that order (an Arrow batch's message once per row).
     """
 
     model: str
     rows: list[dict[str, Any]] = field(default_factory=list)
-    where: list[tuple[str, int, int]] = field(default_factory=list)  # topic, partition, offset
+    records: list[Any] = field(default_factory=list)
     table: pa.Table | None = None
     docs: list[Doc] = field(default_factory=list)
     doc_columns: dict[str, np.ndarray] | None = None
+
+    @property
+    def where(self) -> list[tuple[str, int, int]]:
+        """Each row's (topic, partition, offset), built when asked: the handler needs only
+        the few chosen rows' records, and a tuple for every row cost 0.5 us an event."""
+        return [(r.topic, r.partition, r.offset) for r in self.records]
 
     def __len__(self) -> int:
         return (0 if self.table is None else self.table.num_rows) + len(self.docs) \
@@ -289,6 +295,12 @@ def _doc_columns(docs: list[Doc]) -> dict[str, np.ndarray]:
     }
 
 
+def _is_arrow(record: Any) -> bool:
+    """Whether a message holds an Arrow batch; header() is asked only of those that hold
+    an Arrow content type at all (it takes the last)."""
+    return CT_ARROW in record.headers and header(record.headers, "content-type") == ARROW_TYPE
+
+
 def _decode_docs(records: list[Any]) -> dict[str, PredictionBatch] | None:
     """A poll's JSON predictions as one batch per model, each document decoded and
     checked as a `Doc`; None if any fails (then each document is read and checked on
@@ -298,13 +310,16 @@ def _decode_docs(records: list[Any]) -> dict[str, PredictionBatch] | None:
     except msgspec.DecodeError:  # a ValidationError too
         return None
     models = {d.model_name for d in docs}
+    if len(models) == 1:  # the usual poll: no copies
+        (model,) = models
+        return {model: PredictionBatch(model, records=records, docs=docs,
+                                       doc_columns=_doc_columns(docs))}
     out: dict[str, PredictionBatch] = {}
     for model in models:
-        mine = [i for i, d in enumerate(docs) if d.model_name == model] \
-            if len(models) > 1 else range(len(docs))
-        batch = PredictionBatch(model, docs=[docs[i] for i in mine])
+        mine = [i for i, d in enumerate(docs) if d.model_name == model]
+        batch = PredictionBatch(model, records=[records[i] for i in mine],
+                                docs=[docs[i] for i in mine])
         batch.doc_columns = _doc_columns(batch.docs)
-        batch.where = [(r.topic, r.partition, r.offset) for r in (records[i] for i in mine)]
         out[model] = batch
     return out
 
@@ -327,13 +342,13 @@ def decode_predictions(records: list[Any]
     bad: list[tuple[Any, Rejected]] = []
     decoded: list[tuple[Any, int, Any, bool]] = []  # record, row, document, one of many
     tables: dict[str, list[tuple[Any, pa.Table]]] = {}  # Arrow batches checked by column
-    # header() only for records that hold an Arrow content type at all (it takes the last)
-    arrow = [CT_ARROW in r.headers and header(r.headers, "content-type") == ARROW_TYPE
-             for r in records]
-    documents = [r for r, a in zip(records, arrow, strict=True) if not a]
+    documents = [r for r in records  # _is_arrow(r), inlined: 0.04 us an event
+                 if CT_ARROW not in r.headers or header(r.headers, "content-type") != ARROW_TYPE]
     fast = _decode_docs(documents) if documents else None
-    for r, is_arrow in zip(records, arrow, strict=True):
-        if is_arrow:
+    if fast is not None and len(documents) == len(records):  # all JSON, all read
+        return fast, bad
+    for r in records:
+        if _is_arrow(r):
             try:
                 t = read_ipc(r.value)
             except (pa.ArrowInvalid, OSError) as exc:
@@ -358,17 +373,17 @@ def decode_predictions(records: list[Any]
     for model, got in tables.items():
         batch = out[model] = PredictionBatch(model)
         batch.table = pa.concat_tables([t for _, t in got], promote_options="permissive")
-        batch.where = [(r.topic, r.partition, r.offset) for r, t in got
-                       for _ in range(t.num_rows)]
+        for r, t in got:
+            batch.records += [r] * t.num_rows
     for model, b in (fast or {}).items():  # after the tables' rows, before the others
         batch = out.setdefault(model, PredictionBatch(model))
         batch.docs, batch.doc_columns = b.docs, b.doc_columns
-        batch.where += b.where
+        batch.records += b.records
     if _all_fine([d for _, _, d, _ in decoded]):  # one check per column, not per row
         for r, _, d, _ in decoded:
             batch = out.setdefault(d["model_name"], PredictionBatch(d["model_name"]))
             batch.rows.append(d)
-            batch.where.append((r.topic, r.partition, r.offset))
+            batch.records.append(r)
         return out, bad
     for r, row, d, many in decoded:
         checked = _check(d)
@@ -377,7 +392,7 @@ def decode_predictions(records: list[Any]
             continue
         batch = out.setdefault(checked["model_name"], PredictionBatch(checked["model_name"]))
         batch.rows.append(checked)
-        batch.where.append((r.topic, r.partition, r.offset))
+        batch.records.append(r)
     return out, bad
 
 
