@@ -5,11 +5,11 @@ worth more" (`score`). The `Curator` holds a labelling *budget* over a sliding w
 event time by adapting a threshold on those scores: each batch, the threshold is the
 quantile of the window's recent scores that would pick the budget's share, raised or
 lowered by how far the labels already taken in the window are from what the budget
-allows; a slice more than `slack` behind also takes the batch's best scored rows at
-that catch-up pace (a threshold drawn from past scores lags a model growing surer).
-Labels and events count from a window before a batch's first event, so a labels-an-hour
-budget is never exceeded in any window of its length (a fraction: by half a label at
-most, as a window's share is rounded). *Slices* (an operator's predicates on
+allows; a slice more than `slack` behind also takes rows at random at that catch-up
+pace (a threshold drawn from past scores lags a model growing surer).
+Labels count from a window before a batch's first event and events from one before its
+last, so no window of the budget's length holds more labels than it allows (rounded to
+a whole label). *Slices* (an operator's predicates on
 event fields, each with a share of the budget) get a threshold and a share each; the
 events no slice names share what is left. An event is never chosen twice.
 
@@ -272,6 +272,15 @@ class _Window:
                 self.batches.appendleft((times[keep], scores[keep], taken[keep_taken]))
                 break
 
+    def events_since(self, t: int) -> int:
+        """Events in the window at event time `t` or later."""
+        n = self.events
+        for times, _, _ in self.batches:
+            if times.min() >= t:
+                break
+            n -= int((times < t).sum())
+        return n
+
     def recent_scores(self, most: int) -> np.ndarray:
         out: list[np.ndarray] = []
         n = 0
@@ -300,10 +309,10 @@ class Curator:
     label once.
     `catch_up`: the share of a window over which a slice makes up for labels it is
     behind or ahead of its budget; `slack`: the share of its budget a slice may fall
-    behind before it takes the batch's best scored rows to keep that pace, whatever
-    the threshold (without it, a model growing ever surer left hours 20-40% short). The
-    threshold is a quantile of the scores of the window's latest quarter (at least 100,
-    at most `most_scores`), so it follows a model growing surer or less sure;
+    behind before it takes rows at random to keep that pace, whatever the threshold
+    (without it, a model growing ever surer left hours 20-40% short). The threshold is
+    a quantile of the scores of the window's latest quarter (at least 100, at most
+    `most_scores`), so it follows a model growing surer or less sure;
     `remember`: event ids kept to never choose one twice.
     """
 
@@ -362,9 +371,9 @@ class Curator:
                 for name, w in self.windows.items()}
 
     def _allowed(self) -> dict[str, float]:
-        """The labels each slice may have taken in the window: from the budget's length
-        before the latest batch's first event to its last, events and labels alike."""
-        total = sum(w.events for w in self.windows.values())
+        """The labels each slice may have taken in the window that ends now."""
+        total = sum(w.events_since(int(self.now) - self.budget.window_ms)
+                    for w in self.windows.values())
         return {name: share * self.budget.allowed(total) for name, share in self.shares().items()}
 
     def choose(self, cols: Columns) -> list[Chosen]:
@@ -381,8 +390,8 @@ class Curator:
         for k in range(len(self.slices) - 1, -1, -1):  # the first slice that matches wins
             member[self._where[k](cols)] = k
         windows = list(self.windows.values())
-        # labels and events count from a window before the batch's first event: so no
-        # window of the budget's length holds more labels than an hour's budget allows
+        # labels are counted from a window before the batch's first event, events from
+        # one before its last: so no window of the budget's length holds too many labels
         for w in windows:
             w.prune(int(times.min()) - self.budget.window_ms)
         for k, w in enumerate(windows):
@@ -407,27 +416,34 @@ class Curator:
             threshold = float(np.quantile(recent, 1.0 - (1.0 - explore) * want))
             above = rows[scores[rows] >= threshold]
             above = above[~np.isin(above, lucky)]
-            # a slice behind its budget by more than `slack` of it takes the best scored
-            # rows of the batch too, at the catch-up pace: a threshold drawn from past
-            # scores lags a model growing surer, and would leave the hour short
+            # a slice behind its budget by more than `slack` of it takes rows of the batch
+            # at random too, at the catch-up pace: a threshold drawn from past scores lags
+            # a model growing surer, and would leave the hour short (the batch's best
+            # scored rows instead cost NAB's ROC AUC at 1%: 0.55 against random's 0.61)
             short = allowed - w.taken - self.slack * allowed
             pace = allowed / w.events + short / max(1.0, self.catch_up * w.events)
             need = math.floor(min(1.0, pace) * len(rows) + self.rng.random()) \
                 if short > 0 else 0
+            paced = np.empty(0, np.int64)
             if len(above) + len(lucky) < need:
                 rest = rows[~np.isin(rows, above) & ~np.isin(rows, lucky)]
-                best = rest[np.argsort(-scores[rest], kind="stable")]
-                above = np.concatenate([above, best[:need - len(above) - len(lucky)]])
-            picked = np.concatenate([lucky, above[np.argsort(-scores[above], kind="stable")]])
-            picked = np.sort(picked[:room])  # random picks first, then the best scored
+                paced = self.rng.permutation(rest)[:need - len(above) - len(lucky)]
+            picked = np.concatenate([lucky, above[np.argsort(-scores[above], kind="stable")],
+                                     paced])
+            picked = np.sort(picked[:room])  # explore's, the best scored, then the pace's
             w.take(times[picked])
             of = f"({name}: {w.taken}/{allowed:.3g} of {self.budget.describe()})"
             # a random pick below the threshold was made with probability explore * want
             weight = min(self.max_weight, max(1, round(1.0 / max(explore * want, 1e-9))))
             chance = set(lucky.tolist())
+            behind = set(paced.tolist())  # learned once: weighted by 1/pace, they cost
+            # NAB's accuracy at 5% (0.8967 against random's 0.9051; unweighted 0.9057)
             explored = f"explore: a random pick ({explore:.0%} of the budget"
             for r, sc in zip(picked.tolist(), scores[picked].tolist(), strict=True):
-                if r not in chance:
+                if r in behind:
+                    out.append(Chosen(r, sc, name, f"pace: a random pick, {name} is behind "
+                                                   f"its budget {of}"))
+                elif r not in chance:
                     out.append(Chosen(r, sc, name, f"{self.strategy} {sc:.3g} >= "
                                                    f"{threshold:.3g} {of}"))
                 elif sc < threshold:

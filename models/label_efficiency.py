@@ -18,8 +18,8 @@ mean is the prediction and whose variance is the `ensemble` strategy's disagreem
 >>> x, y, t = prepare(elec2(Path(__file__).resolve().parents[2] / "shared/data/elec2",
 ...                         limit=2_000))
 >>> r = replay(x, y, t, strategy="least-confidence", fraction=0.05, seed=0)
->>> r.labels, r.events, 0.0 <= r.accuracy <= 1.0  # 99 of the 100 the budget allows
-(99, 2000, True)
+>>> r.labels, r.events, 0.0 <= r.accuracy <= 1.0  # the 100 the budget allows
+(100, 2000, True)
 """
 
 from __future__ import annotations
