@@ -6,12 +6,12 @@ event time by adapting a threshold on those scores: each batch, the threshold is
 quantile of the window's recent scores that would pick the budget's share, raised or
 lowered by how far the labels already taken in the window are from what the budget
 allows; a slice more than `slack` behind also takes rows at random at that catch-up
-pace (a threshold drawn from past scores lags a model growing surer).
-Labels count from a window before a batch's first event and events from one before its
-last, so no window of the budget's length holds more labels than it allows (rounded to
-a whole label). *Slices* (an operator's predicates on
-event fields, each with a share of the budget) get a threshold and a share each; the
-events no slice names share what is left. An event is never chosen twice.
+pace (a threshold drawn from past scores lags a model growing surer). Labels count
+from a window before a batch's first event and events from one before its last, so no
+window of the budget's length holds more labels than it allows (rounded to a whole
+label). *Slices* (an operator's predicates on event fields, each with a share of the
+budget) get a threshold and a share each; the events no slice names share what is
+left. An event is never chosen twice.
 
 >>> c = Curator("least-confidence", Budget.parse("50%"), seed=1)
 >>> chosen = c.choose({"event_id": np.array(["a", "b", "c", "d"]),

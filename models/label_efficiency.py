@@ -130,8 +130,10 @@ def window_use(t: np.ndarray, taken: np.ndarray, fraction: float, window_ms: int
     >>> window_use(np.arange(10) * 100, np.arange(10) % 2 == 0, 0.5, 400)
     [1.0, 1.0]
     """
+    if not len(t):
+        return []
     k = (t - t[0]) // window_ms
-    whole = k < k.max() if len(k) else k.astype(bool)
+    whole = k < k.max()
     events = np.bincount(k[whole])
     labels = np.bincount(k[whole], weights=taken[whole].astype(float))
     return [float(n / (fraction * e)) for n, e in zip(labels, events, strict=True) if e]
