@@ -406,7 +406,8 @@ class Curator:
             room = math.floor(allowed - w.taken + 0.5)
             if not len(rows) or room <= 0 or not w.events:
                 continue
-            want = allowed / w.events + (allowed - w.taken) / max(1.0, self.catch_up * w.events)
+            catch = max(1.0, self.catch_up * w.events)  # events to make up a gap over
+            want = allowed / w.events + (allowed - w.taken) / catch
             want = min(1.0, max(0.0, want))
             explore = self.explore if self.strategy != "random" else 0.0
             lucky = rows[self.rng.random(len(rows)) < explore * want]
@@ -421,7 +422,7 @@ class Curator:
             # a model growing surer, and would leave the hour short (the batch's best
             # scored rows instead cost NAB's ROC AUC at 1%: 0.55 against random's 0.61)
             short = allowed - w.taken - self.slack * allowed
-            pace = allowed / w.events + short / max(1.0, self.catch_up * w.events)
+            pace = allowed / w.events + short / catch
             need = math.floor(min(1.0, pace) * len(rows) + self.rng.random()) \
                 if short > 0 else 0
             paced = np.empty(0, np.int64)
