@@ -48,7 +48,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from models.windows import RangeStats, decayed_prefix
+from models.windows import packed_decayed_prefix, packed_search, packed_stats
 from schemas.codec import READING_PREFIX
 
 __all__ = [
@@ -182,25 +182,36 @@ def sensor_features(batch: pa.RecordBatch, states: Mapping[str, SensorState],
     out = np.full((n, len(readings), width), np.nan)
     new_states: dict[str, SensorState] = {}
     order = np.argsort(group, kind="stable")
+    order = order[accepted[order]]  # accepted rows by sensor, batch order within each
     bounds = np.searchsorted(group[order], np.arange(len(keys) + 1))
-    event_ids = batch.column("event_id")
+    event_ids = batch.column("event_id").to_pylist()
+    works: list[_Work] = []
     for g, key in enumerate(keys):
         rows = order[bounds[g]:bounds[g + 1]]
-        rows = rows[accepted[rows]]
         if not len(rows):
             continue
         state = states.get(key)
         tmax = int(times[rows].max())
         if state is not None:
             tmax = max(tmax, state["tmax"])
-        feats, new_states[key] = _sensor(state, readings, times[rows], matrix[rows], tmax,
-                                         config)
-        out[rows] = feats
-        recent = times[rows] >= tmax - config.lateness_ms
-        ids = [p for p in state["ids"] if p[1] >= tmax - config.lateness_ms] if state else []
-        ids += [[i, t] for i, t in zip(event_ids.take(pa.array(rows[recent])).to_pylist(),
-                                       times[rows[recent]].tolist(), strict=True)]
-        new_states[key]["ids"] = ids
+        works.append(_Work(key, rows, state, times[rows], matrix[rows], tmax))
+    appended: list[_Work] = []
+    for w in works:  # late rows or new readings: this sensor alone, row by row
+        if _appends(w, readings):
+            appended.append(w)
+        else:
+            out[w.rows], new_states[w.key] = _sensor(w, readings, config)
+    for i in range(0, len(appended), _PACK):  # the rest all together
+        part = appended[i:i + _PACK]
+        feats, made = _append(part, readings, config)
+        out[np.concatenate([w.rows for w in part])] = feats
+        new_states.update(zip((w.key for w in part), made, strict=True))
+    for w in works:  # the ids within the lateness, for duplicates
+        edge = w.tmax - config.lateness_ms
+        ids = [p for p in w.state["ids"] if p[1] >= edge] if w.state else []
+        ids += [[event_ids[r], t] for r, t in zip(w.rows.tolist(), w.t_new.tolist(),
+                                                  strict=True) if t >= edge]
+        new_states[w.key]["ids"] = ids
     out = out.reshape(n, len(names))
 
     keep = pa.array(accepted)
@@ -313,29 +324,101 @@ def _check_late(times: np.ndarray, group: np.ndarray, keys: list[str],
                                  f"the sensor, allowed {config.lateness_ms}")
 
 
-def _sensor(state: SensorState | None, readings: list[str], t_new: np.ndarray,
-            x_new: np.ndarray, tmax: int, config: SensorConfig
+class _Work(NamedTuple):
+    """One sensor's accepted rows of a batch."""
+
+    key: str
+    rows: np.ndarray  # indices into the batch
+    state: SensorState | None
+    t_new: np.ndarray
+    x_new: np.ndarray  # rows x the batch's readings
+    tmax: int  # latest event time, with these rows
+
+
+class _Buffers(NamedTuple):
+    """Sensors' time-sorted buffers packed one after another: sensor g's rows are
+    `t[starts[g]:starts[g + 1]]`, `x[...]` (rows x readings, NaN where absent)."""
+
+    t: np.ndarray
+    x: np.ndarray
+    starts: np.ndarray
+
+
+_PACK = 4096  # sensors computed together, at most (packed_search keys stay in int64)
+
+
+def _appends(work: _Work, readings: list[str]) -> bool:
+    """Whether the rows only extend the sensor's buffer: in time order, none before its
+    last row, and the same readings (then `_append` takes it with the others)."""
+    t_new, state = work.t_new, work.state
+    if len(t_new) > 1 and bool((t_new[1:] < t_new[:-1]).any()):
+        return False
+    if state is None:
+        return True
+    return list(state["readings"]) == readings and (
+        not len(state["t"]) or int(t_new[0]) >= int(state["t"][-1]))
+
+
+def _empty_evicted(readings: int, config: SensorConfig) -> np.ndarray:
+    return np.array([[np.nan, np.nan] + [0.0] * (2 * len(config.half_lives_ms))] * readings
+                    ).reshape(readings, -1)
+
+
+def _append(works: list[_Work], readings: list[str], config: SensorConfig
+            ) -> tuple[np.ndarray, list[SensorState]]:
+    """Features of the new rows of sensors whose rows all extend their buffers (rows in
+    `works` order x readings x features), and their new states, computed together."""
+    empty_t, empty_x = np.empty(0, np.int64), np.empty((0, len(readings)))
+    olds = [(w.state["t"], w.state["x"]) if w.state else (empty_t, empty_x) for w in works]
+    t = np.concatenate([a for (old_t, _), w in zip(olds, works, strict=True)
+                        for a in (old_t, w.t_new)])
+    x = np.concatenate([a for (_, old_x), w in zip(olds, works, strict=True)
+                        for a in (old_x, w.x_new)]) if readings else np.zeros((len(t), 0))
+    old_n = np.array([len(o[0]) for o in olds], np.int64)
+    new_n = np.array([len(w.t_new) for w in works], np.int64)
+    starts = np.concatenate([[0], np.cumsum(old_n + new_n)])
+    group = np.repeat(np.arange(len(works)), new_n)
+    new_at = starts[:-1] + old_n  # where each sensor's new rows begin in the buffers
+    pos = np.arange(len(group)) + np.repeat(new_at - (np.cumsum(new_n) - new_n), new_n)
+    evicted = np.stack([w.state["evicted"] if w.state else _empty_evicted(len(readings), config)
+                        for w in works])
+    buf = _Buffers(t, x, starts)
+    feats, sums, last = _at(buf, pos, group, evicted, config)
+    feats[np.isnan(x[pos])] = np.nan
+    horizon = np.array([w.tmax for w in works], np.int64) - config.horizon_ms
+    buf, evicted = _evict(buf, last, sums, evicted, horizon, config)
+    at = buf.starts.tolist()
+    made = [{"tmax": w.tmax, "ids": [], "readings": list(readings),  # copies: a view would
+             "t": buf.t[at[g]:at[g + 1]].copy(),  # keep every sensor's buffer alive
+             "x": buf.x[at[g]:at[g + 1]].copy(), "evicted": evicted[g].copy()}
+            for g, w in enumerate(works)]
+    return feats, made
+
+
+def _sensor(work: _Work, readings: list[str], config: SensorConfig
             ) -> tuple[np.ndarray, SensorState]:
-    """Features of one sensor's new rows (rows x readings x features), and its new state.
+    """Features of one sensor's new rows (rows x readings x features), and its new state,
+    for rows that do not just extend its buffer: late ones, or new readings.
 
     The sensor's readings share one time-sorted buffer; a reading absent from a row is
     NaN there and counts for nothing.
     """
+    state, t_new, x_new = work.state, work.t_new, work.x_new
     known = list(state["readings"]) if state else []
     names = sorted(set(known) | set(readings))
     cols = [names.index(r) for r in readings]
-    empty_ev = [np.nan, np.nan] + [0.0] * (2 * len(config.half_lives_ms))
     if state is None:
         t = np.empty(0, np.int64)
         x = np.empty((0, len(names)))
-        evicted = np.array([empty_ev] * len(names)).reshape(len(names), -1)
+        evicted = _empty_evicted(len(names), config)
     else:
         t = state["t"]
         x, evicted = state["x"], state["evicted"]
         if names != known:  # a reading new to this sensor: absent from its history
             x = np.column_stack([x[:, known.index(r)] if r in known
                                  else np.full(len(t), np.nan) for r in names])
-            evicted = np.array([evicted[known.index(r)] if r in known else empty_ev
+            empty = _empty_evicted(1, config)[0]
+            evicted = np.array([evicted[known.index(r)] if r in known else empty
                                 for r in names])
     new = np.full((len(t_new), len(names)), np.nan)
     new[:, cols] = x_new
@@ -343,37 +426,48 @@ def _sensor(state: SensorState | None, readings: list[str], t_new: np.ndarray,
     i, k = 0, len(t_new)
     while i < k:  # runs of in-order rows are appended at once; a late one is inserted
         if len(t) and t_new[i] < t[-1]:
-            pos = int(np.searchsorted(t, t_new[i], "right"))
-            t = np.insert(t, pos, t_new[i])
-            x = np.insert(x, pos, new[i], axis=0)
-            parts.append(_at(t, x, np.array([pos]), evicted, config))
+            at = int(np.searchsorted(t, t_new[i], "right"))
+            t = np.insert(t, at, t_new[i])
+            x = np.insert(x, at, new[i], axis=0)
+            pos = np.array([at])
             i += 1
-            continue
-        stop = i + 1
-        while stop < k and t_new[stop] >= t_new[stop - 1]:
-            stop += 1
-        base = len(t)
-        t = np.concatenate([t, t_new[i:stop]])
-        x = np.concatenate([x, new[i:stop]])
-        parts.append(_at(t, x, np.arange(base, len(t)), evicted, config))
-        i = stop
-    t, x, evicted = _evict(t, x, evicted, tmax - config.horizon_ms, config.half_lives_ms)
+        else:
+            stop = i + 1
+            while stop < k and t_new[stop] >= t_new[stop - 1]:
+                stop += 1
+            base = len(t)
+            t = np.concatenate([t, t_new[i:stop]])
+            x = np.concatenate([x, new[i:stop]])
+            pos = np.arange(base, len(t))
+            i = stop
+        buf = _Buffers(t, x, np.array([0, len(t)]))
+        feats, sums, last = _at(buf, pos, np.zeros(len(pos), np.int64), evicted[None], config)
+        parts.append(feats)
+    buf, ev = _evict(buf, last, sums, evicted[None], np.array([work.tmax - config.horizon_ms]),
+                     config)
     feats = np.concatenate(parts)[:, cols]
     feats[np.isnan(x_new)] = np.nan
-    return feats, {"tmax": tmax, "ids": [], "readings": names, "t": t, "x": x,
-                   "evicted": evicted}
+    return feats, {"tmax": work.tmax, "ids": [], "readings": names, "t": buf.t, "x": buf.x,
+                   "evicted": ev[0]}
 
 
-def _at(t: np.ndarray, x: np.ndarray, pos: np.ndarray, evicted: np.ndarray,
-        config: SensorConfig) -> np.ndarray:
-    """Features (rows x readings x features) of the rows at `pos` of the sorted buffer."""
+def _at(buf: _Buffers, pos: np.ndarray, group: np.ndarray, evicted: np.ndarray,
+        config: SensorConfig
+        ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """Features (rows x readings x features) of the buffer rows at `pos` (`group`: their
+    sensors; `evicted`: each sensor's, sensors x readings x 2 + 2·half-lives); the
+    decayed prefix sums of each half-life over the buffers; and for each buffer row and
+    reading, the last row of its buffer up to it with a value (-1: none)."""
+    t, x, starts = buf
     present = ~np.isnan(x)
     idx = np.where(present, np.arange(len(t))[:, None], -1)
     last = np.maximum.accumulate(idx, axis=0)
-    prev = np.where(pos[:, None] > 0, last[np.maximum(pos - 1, 0)], -1)
+    last = np.where(last >= np.repeat(starts[:-1], np.diff(starts))[:, None], last, -1)
+    prev = np.where((pos > starts[group])[:, None], last[np.maximum(pos - 1, 0)], -1)
     in_buffer = prev >= 0
-    prev_x = np.where(in_buffer, x[np.maximum(prev, 0), np.arange(x.shape[1])], evicted[:, 1])
-    prev_t = np.where(in_buffer, t[np.maximum(prev, 0)], evicted[:, 0])
+    ev = evicted[group]
+    prev_x = np.where(in_buffer, x[np.maximum(prev, 0), np.arange(x.shape[1])], ev[:, :, 1])
+    prev_t = np.where(in_buffer, t[np.maximum(prev, 0)], ev[:, :, 0])
     value = x[pos]
     has_prev = ~np.isnan(prev_t)
     delta = np.where(has_prev, value - prev_x, 0.0)
@@ -382,44 +476,58 @@ def _at(t: np.ndarray, x: np.ndarray, pos: np.ndarray, evicted: np.ndarray,
         rate = np.where(gap_s > 0, delta / gap_s, 0.0)
     cols = [value, delta, rate, gap_s]
     k, windows = len(pos), config.windows_ms
-    lo = np.concatenate([np.searchsorted(t, t[pos] - w, "right") for w in windows])
-    stats = RangeStats(x).query(lo, np.tile(pos + 1, len(windows)))  # every window at once
+    lo = np.concatenate([packed_search(t, starts, group, t[pos] - w) for w in windows])
+    tree, shift = packed_stats(x, starts)
+    moved = np.tile(shift[group], len(windows))
+    stats = tree.query(lo + moved, np.tile(pos + 1, len(windows)) + moved)  # all at once
     for i in range(len(windows)):
         count, mean, std, mn, mx = (a[i * k:(i + 1) * k] for a in stats)
         flat = std <= 1e-12 * np.maximum(1.0, np.abs(mean))
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.where(flat, 0.0, (value - mean) / std)
         cols += [count.astype(np.float64), mean, std, mn, mx, z]
+    sums = [packed_decayed_prefix(t, x, starts, float(h)) for h in config.half_lives_ms]
     for j, h in enumerate(config.half_lives_ms):
-        sums, weights = decayed_prefix(t, x, float(h))
-        decay = np.nan_to_num(np.exp2(-(t[pos][:, None] - evicted[:, 0]) / h))
+        a, w = sums[j]
+        decay = np.nan_to_num(np.exp2(-(t[pos][:, None] - ev[:, :, 0]) / h))
         with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 for absent readings
-            cols.append((sums[pos] + evicted[:, 2 + 2 * j] * decay)
-                        / (weights[pos] + evicted[:, 3 + 2 * j] * decay))
-    return np.stack(cols, axis=2)
+            cols.append((a[pos] + ev[:, :, 2 + 2 * j] * decay)
+                        / (w[pos] + ev[:, :, 3 + 2 * j] * decay))
+    return np.stack(cols, axis=2), sums, last
 
 
-def _evict(t: np.ndarray, x: np.ndarray, evicted: np.ndarray, horizon: int,
-           halves: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fold rows at or before `horizon` into each reading's decayed sums and last value.
+def _evict(buf: _Buffers, last: np.ndarray, sums: list[tuple[np.ndarray, np.ndarray]],
+           evicted: np.ndarray, horizon: np.ndarray, config: SensorConfig
+           ) -> tuple[_Buffers, np.ndarray]:
+    """Fold each sensor's rows at or before its `horizon` into its readings' decayed sums
+    and last value (`last`, `sums`: what `_at` gave for these buffers).
 
     No event still acceptable has a window reaching back to them; the last value of
     each reading stays as the predecessor (for `delta`) of the next.
     """
-    cut = int(np.searchsorted(t, horizon, "right"))
-    if cut == 0:
-        return t, x, evicted
+    t, x, starts = buf
+    sensors = np.arange(len(starts) - 1)
+    cut = packed_search(t, starts, sensors, horizon, "right")
+    folding = np.nonzero(cut > starts[:-1])[0]
+    if not len(folding):
+        return buf, evicted
     evicted = evicted.copy()
-    for r in range(x.shape[1]):
-        present = ~np.isnan(x[:cut, r])
-        if not present.any():
-            continue
-        t_old, x_old = t[:cut][present], x[:cut, r][present]
-        t_ev = float(t_old[-1])
-        for j, h in enumerate(halves):
-            w = np.exp2(-(t_ev - t_old) / h)
-            decay = 0.0 if np.isnan(evicted[r, 0]) else np.exp2(-(t_ev - evicted[r, 0]) / h)
-            evicted[r, 2 + 2 * j] = evicted[r, 2 + 2 * j] * decay + float(w @ x_old)
-            evicted[r, 3 + 2 * j] = evicted[r, 3 + 2 * j] * decay + float(w.sum())
-        evicted[r, 0], evicted[r, 1] = t_ev, x_old[-1]
-    return t[cut:], x[cut:], evicted
+    ends = last[cut[folding] - 1]  # each reading's last row with a value, or -1
+    has = ends >= 0
+    at = np.maximum(ends, 0)
+    columns = np.arange(x.shape[1])
+    ev = evicted[folding]
+    t_ev = np.where(has, t[at], np.nan)
+    for j, h in enumerate(config.half_lives_ms):
+        a, w = sums[j]
+        with np.errstate(invalid="ignore"):
+            decay = np.where(np.isnan(ev[:, :, 0]), 0.0, np.exp2(-(t_ev - ev[:, :, 0]) / h))
+        for k, prefix in ((2 + 2 * j, a), (3 + 2 * j, w)):
+            ev[:, :, k] = np.where(has, ev[:, :, k] * decay + prefix[at, columns], ev[:, :, k])
+    ev[:, :, 0] = np.where(has, t_ev, ev[:, :, 0])
+    ev[:, :, 1] = np.where(has, x[at, columns], ev[:, :, 1])
+    evicted[folding] = ev
+    lengths = np.diff(starts)
+    keep = np.arange(len(t)) >= np.repeat(cut, lengths)
+    return _Buffers(t[keep], x[keep], np.concatenate([[0], np.cumsum(starts[1:] - cut)])), \
+        evicted

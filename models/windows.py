@@ -9,6 +9,12 @@ The window maths of the sensor features, vectorised over all queried rows at onc
 - `decayed_prefix` gives, for every position p of a time-sorted series, the sums
   Σ_{q<=p} 2^(-(t_p - t_q)/h) x_q and Σ_{q<=p} 2^(-(t_p - t_q)/h).
 
+Many series packed one after another (one sensor's buffer each, `starts` their bounds)
+are answered in one pass by `packed_stats`, `packed_decayed_prefix` and
+`packed_search`, each giving every series bit for bit what it gets alone: the
+featurize agent computes all the sensors of a batch together, and a sensor's numbers
+do not depend on which others came with it.
+
 >>> s = RangeStats(np.array([1.0, 2.0, 4.0, 8.0]))
 >>> n, mean, std, lo, hi = s.query(np.array([0, 1]), np.array([4, 3]))
 >>> n[:, 0].tolist(), mean[:, 0].tolist(), lo[:, 0].tolist(), hi[:, 0].tolist()
@@ -20,9 +26,12 @@ The window maths of the sensor features, vectorised over all queried rows at onc
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
-__all__ = ["RangeStats", "decayed_prefix"]
+__all__ = ["RangeStats", "decayed_prefix", "packed_decayed_prefix", "packed_search",
+           "packed_stats"]
 
 #: the largest exponent of 2 inside one chunk of `decayed_prefix` (2**500 ~ 3e150)
 _SPAN = 500.0
@@ -143,4 +152,111 @@ def decayed_prefix(t: np.ndarray, x: np.ndarray, half_life: float
         w[start:stop] = np.cumsum(grow * present[start:stop], axis=0) * decay + carry_w * carried
         carry_a, carry_w, e_prev = a[stop - 1], w[stop - 1], e[stop - 1]
         start = stop
+    return a, w
+
+
+def _block(n: np.ndarray) -> np.ndarray:
+    """The leaves of a series of `n` values alone in a `RangeStats`: the power of 2 >= n."""
+    out = np.ones(len(n), np.int64)
+    big = n > 1
+    out[big] = 1 << np.ceil(np.log2(n[big])).astype(np.int64)
+    fix = out < n  # log2 rounding at the edges: settle on the exact power
+    out[fix] <<= 1
+    return out
+
+
+def packed_stats(x: np.ndarray, starts: np.ndarray) -> tuple[RangeStats, np.ndarray]:
+    """One `RangeStats` for the series `x[starts[g]:starts[g + 1]]`, and the shift that
+    maps each series' row indices to the tree's: query `[lo + shift[g], hi + shift[g])`.
+
+    Each series gets a block of as many leaves as its own tree would have, at an offset
+    that is a multiple of that size (largest blocks first), so a range inside it is
+    covered by the same nodes, merged in the same order, as in its own tree: the same
+    floats. Leaves between blocks are empty.
+
+    >>> x = np.array([1.0, 2.0, 4.0, 10.0, 20.0])
+    >>> tree, shift = packed_stats(x, np.array([0, 3, 5]))
+    >>> n, mean, *_ = tree.query(np.array([0, 3]) + shift, np.array([3, 5]) + shift)
+    >>> n[:, 0].tolist(), mean[:, 0].tolist()
+    ([3, 2], [2.333333333333333, 15.0])
+    >>> mean[0, 0] == RangeStats(x[:3]).query(np.array([0]), np.array([3]))[1][0, 0]
+    np.True_
+    """
+    x = x.reshape(len(x), -1)
+    lengths = np.diff(starts)
+    blocks = _block(lengths)
+    order = np.argsort(-blocks, kind="stable")
+    offsets = np.empty(len(blocks), np.int64)
+    offsets[order] = np.concatenate([[0], np.cumsum(blocks[order])[:-1]])
+    total = int(blocks.sum()) if len(blocks) else 0
+    padded = np.full((max(total, 1), x.shape[1]), np.nan)
+    rows = np.arange(len(x)) + np.repeat(offsets - starts[:-1], lengths)
+    padded[rows] = x
+    return RangeStats(padded), offsets - starts[:-1]
+
+
+def packed_search(t: np.ndarray, starts: np.ndarray, group: np.ndarray, value: np.ndarray,
+                  side: Literal["left", "right"] = "right") -> np.ndarray:
+    """`np.searchsorted` of each `value[i]` in its own series `t[starts[g]:starts[g+1]]`
+    (g = `group[i]`; each series sorted), as an index into `t`.
+
+    >>> packed_search(np.array([1, 5, 9, 2, 3]), np.array([0, 3, 5]),
+    ...               np.array([0, 1, 1]), np.array([5, 0, 3]))
+    array([2, 3, 5])
+    """
+    lengths = np.diff(starts)
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    base = np.where(lengths > 0, t[np.minimum(starts[:-1], max(len(t) - 1, 0))], 0) \
+        if len(t) else np.zeros(len(lengths), np.int64)
+    span = np.int64(1) << 47  # times within a series span less than 2^46 ms
+    keys = owner * span + (t - base[owner])
+    want = group * span + np.clip(value - base[group], -1, span - 1)
+    got = np.searchsorted(keys, want, side)
+    found: np.ndarray = np.clip(got, starts[group], starts[group + 1])
+    return found
+
+
+def packed_decayed_prefix(t: np.ndarray, x: np.ndarray, starts: np.ndarray,
+                          half_life: float) -> tuple[np.ndarray, np.ndarray]:
+    """`decayed_prefix` of each series `t[starts[g]:starts[g+1]]`, `x[...]`, packed as
+    the input is, each equal bit for bit to that series' own.
+
+    Series of alike length are stacked into one `[series, rows, columns]` block and
+    summed along the rows at once; a series spanning more than one chunk of
+    `decayed_prefix` (over 500 half-lives) takes its own call.
+
+    >>> t, x = np.array([0, 10, 10, 0, 10]), np.array([[4.0], [2.0], [1.0], [8.0], [2.0]])
+    >>> a, w = packed_decayed_prefix(t, x, np.array([0, 3, 5]), 10.0)
+    >>> (a / w)[:, 0].tolist()
+    [4.0, 2.6666666666666665, 2.0, 8.0, 4.0]
+    """
+    x = x.reshape(len(x), -1)
+    a, w = np.empty(x.shape), np.empty(x.shape)
+    lengths = np.diff(starts)
+    first = np.asarray(t[np.minimum(starts[:-1], max(len(t) - 1, 0))], np.float64) \
+        if len(t) else np.zeros(len(lengths))
+    e = (np.asarray(t, np.float64) - np.repeat(first, lengths)) / half_life
+    ends = np.maximum(starts[1:] - 1, 0)
+    one_chunk = (lengths > 0) & (e[ends] <= _SPAN) if len(t) else lengths > 0
+    for g in np.nonzero((lengths > 0) & ~one_chunk)[0].tolist():
+        lo, hi = starts[g], starts[g + 1]
+        a[lo:hi], w[lo:hi] = decayed_prefix(t[lo:hi], x[lo:hi], half_life)
+    blocks = _block(lengths)
+    for size in np.unique(blocks[one_chunk]).tolist():
+        groups = np.nonzero(one_chunk & (blocks == size))[0]
+        n = lengths[groups]
+        at = np.arange(size)[None, :]
+        valid = at < n[:, None]
+        rows = (starts[groups][:, None] + at)[valid]
+        stacked_e = np.zeros((len(groups), size, 1))
+        stacked_e[valid, 0] = e[rows]
+        stacked_x = np.zeros((len(groups), size, x.shape[1]))
+        stacked_x[valid] = x[rows]
+        present = ~np.isnan(stacked_x)
+        stacked_x = np.where(present, stacked_x, 0.0)
+        grow = np.exp2(stacked_e)  # the first chunk of decayed_prefix: base 0, no carry
+        decay = np.exp2(-stacked_e)
+        carried = np.exp2(-(stacked_e - 0.0))
+        a[rows] = (np.cumsum(grow * stacked_x, axis=1) * decay + 0.0 * carried)[valid]
+        w[rows] = (np.cumsum(grow * present, axis=1) * decay + 0.0 * carried)[valid]
     return a, w

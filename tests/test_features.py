@@ -158,3 +158,44 @@ def test_a_state_from_other_settings_is_not_read_back() -> None:
     other = SensorConfig(half_lives_ms=(60_000,))  # one EWMA sum fewer per reading
     assert load_state(raw, other.state_format) is None
     assert load_state(b'{"f1": [1.0, 2.0]}', CONFIG.state_format) is None  # older code's shape
+
+
+def test_a_sensors_features_do_not_depend_on_the_sensors_computed_with_it() -> None:
+    """featurize computes the sensors of a batch together (packed); each sensor's numbers
+    are the floats it gets alone, through eviction, late rows and a reading it gains."""
+    rng = np.random.default_rng(7)
+    n, config = 4000, SensorConfig(windows_ms=(3000, 10_000), half_lives_ms=(2000, 500),
+                                   lateness_ms=4000)
+    times = np.cumsum(rng.integers(0, 400, n))
+    times = np.where(rng.random(n) < 0.05, times - rng.integers(0, 5000, n), times)
+    a, b = rng.normal(size=n), rng.normal(size=n) * 100
+    a[rng.random(n) < 0.1] = np.nan
+    sensors = np.array([f"s{k}" for k in rng.integers(0, 9, n)])
+    table = pa.table({"event_id": [f"e{i}" for i in range(n)], "sensor_id": sensors,
+                      "event_time": pa.array(times, pa.int64()),
+                      "readings.a": pa.array(a, mask=np.isnan(a)),
+                      "readings.b": pa.array(b, mask=np.isnan(b))})
+    batch_of = np.searchsorted(np.sort(rng.integers(0, n, 60)), np.arange(n), "right")
+    together = streamed_by(table, batch_of, config)
+    alone = pd.concat([streamed_by(table.filter(pa.array(sensors == s)),
+                                   batch_of[sensors == s], config)
+                       for s in np.unique(sensors)]).loc[together.index]
+    assert len(together) > 0.9 * n
+    pd.testing.assert_frame_equal(alone, together, check_exact=True)
+
+
+def streamed_by(table: pa.Table, batch_of: np.ndarray, config: SensorConfig) -> pd.DataFrame:
+    """`streamed` with each row's batch given: rows of batch k together, k ascending;
+    reading b only from batch 30 on."""
+    state: dict[str, SensorState] = {}
+    parts = []
+    for k in np.unique(batch_of):
+        rows = np.nonzero(batch_of == k)[0]
+        part = table.take(pa.array(rows))
+        if k < 30:  # reading b starts half-way through
+            part = part.drop_columns(["readings.b"])
+        batch = part.combine_chunks().to_batches()[0]
+        out, new, _ = sensor_features(batch, state, config)
+        state.update(new)
+        parts.append(out.to_pandas())
+    return pd.concat(parts, ignore_index=True).set_index("event_id")
