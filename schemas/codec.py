@@ -20,6 +20,7 @@ Rejected(reason='missing-field', detail='sensor_id', row=None)
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -422,6 +423,11 @@ class SensorBatchBuilder(BatchBuilder):
 
 
 def _with_readings(keys: Iterable[str]) -> pa.Schema:
+    return _readings_schema(tuple(keys))
+
+
+@functools.lru_cache(maxsize=256)
+def _readings_schema(keys: tuple[str, ...]) -> pa.Schema:
     schema = SENSOR_BASE
     for k in keys:
         schema = schema.append(pa.field(READING_PREFIX + k, pa.float64()))
@@ -429,6 +435,8 @@ def _with_readings(keys: Iterable[str]) -> pa.Schema:
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    if batch.schema.equals(schema):
+        return batch
     cols = []
     for f in schema:
         idx = batch.schema.get_field_index(f.name)
@@ -483,30 +491,31 @@ def validate_sensor_table(table: pa.Table) -> Rejected | tuple[pa.Table, list[Re
     if not readings:
         return Rejected("missing-field", "readings")
     try:
-        ids = table.column("event_id").cast(pa.string())
-        sensors = table.column("sensor_id").cast(pa.string())
+        ids = _as(table.column("event_id"), pa.string())
+        sensors = _as(table.column("sensor_id"), pa.string())
         t = table.column("event_time")
         if pa.types.is_timestamp(t.type):
             t = t.cast(pa.timestamp("ms")).cast(pa.int64())
-        t = t.cast(pa.int64())
-        values = [table.column(n).cast(pa.float64()) for n in readings]
+        t = _as(t, pa.int64())
+        values = [_as(table.column(n), pa.float64()) for n in readings]
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         return Rejected("wrong-type", str(exc)[:300])
+    keep = _valid(ids) & _valid(sensors)  # numpy: a few calls per message, not per reading
+    times = (t if t.null_count == 0 else pc.fill_null(t, -1)).to_numpy(zero_copy_only=False)
+    keep &= (times >= 0) & (times <= MAX_TIME)
+    x = np.column_stack([v.to_numpy(zero_copy_only=False) for v in values])
+    present = np.column_stack([_valid(v) for v in values])
+    non_finite = present & ~np.isfinite(x)
     bad: list[Rejected] = []
-    keep = pc.and_(pc.is_valid(ids), pc.is_valid(sensors))
-    keep = pc.and_(keep, pc.and_(pc.greater_equal(t, 0), pc.less_equal(t, MAX_TIME)))
-    keep = pc.fill_null(keep, False)
-    any_reading = None
-    for n, v in zip(readings, values, strict=True):
-        finite = pc.or_kleene(pc.is_null(v), pc.is_finite(v))
-        for row in pc.indices_nonzero(pc.invert(pc.fill_null(finite, True))).to_pylist():
-            bad.append(Rejected("non-finite", n, row))
-        keep = pc.and_(keep, pc.fill_null(finite, True))
-        present = pc.is_valid(v)
-        any_reading = present if any_reading is None else pc.or_(any_reading, present)
-    keep = pc.and_(keep, any_reading)
+    if non_finite.any():  # reading by reading, row by row
+        cols, rows = np.nonzero(non_finite.T)
+        bad = [Rejected("non-finite", readings[c], r)
+               for c, r in zip(cols.tolist(), rows.tolist(), strict=True)]
+        keep &= ~non_finite.any(axis=1)
+    any_reading = present.any(axis=1)
+    keep &= any_reading
     flagged = {r.row for r in bad}
-    for row in pc.indices_nonzero(pc.invert(keep)).to_pylist():
+    for row in np.flatnonzero(~keep).tolist():
         if row not in flagged:
             bad.append(Rejected("invalid-row", "null id, event_time out of range, or no reading",
                                 row))
@@ -516,9 +525,24 @@ def validate_sensor_table(table: pa.Table) -> Rejected | tuple[pa.Table, list[Re
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         return Rejected("wrong-type", str(exc)[:300])
     good = pa.table([ids, sensors, t, *kept, *values],
-                    names=["event_id", "sensor_id", "event_time", *meta, *readings]).filter(keep)
+                    names=["event_id", "sensor_id", "event_time", *meta, *readings])
+    if not keep.all():
+        good = good.filter(pa.array(keep))
     bad.sort(key=lambda r: r.row or 0)
     return good, bad
+
+
+def _as(column: pa.ChunkedArray, kind: pa.DataType) -> pa.ChunkedArray:
+    """`column` cast to `kind` (no call when it is that already)."""
+    return column if column.type == kind else column.cast(kind)
+
+
+def _valid(column: pa.ChunkedArray) -> np.ndarray:
+    """Which values of `column` are not null, as a numpy bool array."""
+    if column.null_count == 0:
+        return np.ones(len(column), bool)
+    valid: np.ndarray = pc.is_valid(column).to_numpy(zero_copy_only=False)
+    return valid
 
 
 def with_metadata(table: pa.Table, source_time: int | None, offset: int, ingest_time: int,
@@ -552,12 +576,21 @@ def sensor_batch(value: bytes | None, offset: int, source_time: int | None, now:
     if isinstance(checked, Rejected):
         return checked
     good, bad = checked
-    good = with_metadata(good, source_time, offset, now, overwrite=False)
-    schema = _with_readings(n.removeprefix(READING_PREFIX) for n in good.schema.names
-                            if n.startswith(READING_PREFIX))
-    return _conform(good.combine_chunks().to_batches(max_chunksize=None)[0]
-                    if good.num_rows else pa.RecordBatch.from_pylist([], schema=schema),
-                    schema), bad
+    n = good.num_rows
+    schema = _with_readings(name.removeprefix(READING_PREFIX) for name in good.schema.names
+                            if name.startswith(READING_PREFIX))
+    have = {name: i for i, name in enumerate(good.schema.names)}
+    batch = good.combine_chunks().to_batches(max_chunksize=None)[0] if n else None
+    filled = dict(zip(METADATA, (source_time, offset, now), strict=True))  # if it lacks them
+    cols = []
+    for field in schema:  # straight into the canonical column order
+        if batch is not None and field.name in have:
+            cols.append(batch.column(have[field.name]))
+        elif filled.get(field.name) is not None:
+            cols.append(pa.array(np.full(n, filled[field.name], np.int64)))
+        else:
+            cols.append(pa.nulls(n, field.type))
+    return pa.RecordBatch.from_arrays(cols, schema=schema), bad
 
 
 def write_ipc(batch: pa.RecordBatch | pa.Table) -> bytes:

@@ -441,7 +441,8 @@ class FeatureReader:
             if t is None:
                 continue
             names = (t.schema.metadata or {}).get(b"feature_names", b"").decode().split(",")
-            names = [n for n in names if n in t.schema.names]
+            have = set(t.schema.names)  # once: `in t.schema.names` built the list per name
+            names = [n for n in names if n in have]
             index = {e: i for i, e in enumerate(t.column("event_id").to_pylist())}
             at = [index[e] for e in ids if e in index]
             if not at:

@@ -128,7 +128,8 @@ async def infer_batch(t: pa.Table, served: Served, outbox: Sender, settings: Set
     pending: list[Any] = []
     x, bad = collate(t, model.manifest)
     if bad.any():
-        missing = [n for n in model.feature_names if n not in t.schema.names]
+        have = set(t.schema.names)
+        missing = [n for n in model.feature_names if n not in have]
         detail = ", ".join(missing[:5]) if missing else "a null or NaN model feature"
         source = settings.topic(f"{family(served.feature_set)}-events")
         offsets = t.column("source_offset").to_pylist()
