@@ -42,7 +42,8 @@ from river import base, compose, drift, linear_model, preprocessing
 from models.online import Task, boost_learning_rate, build_learner, task_of
 from models.scores import ClassifierScores, RegressorScores, Scores
 
-__all__ = ["DRIFT_DETECTORS", "Head", "HeadConfig", "Outcome", "Row", "HeadScorer", "head_scores"]
+__all__ = ["DRIFT_DETECTORS", "Head", "HeadConfig", "HeadScorer", "Outcome", "PackedFeatures",
+           "Row", "head_scores"]
 
 DRIFT_DETECTORS = ("ADWIN", "PageHinkley", "none")
 DriftAction = Literal["none", "reset", "boost-lr", "curate"]
@@ -89,6 +90,55 @@ class Row:
 Features = dict[str, float] | Row
 
 
+@dataclass(frozen=True)
+class PackedFeatures:
+    """Many events' features in a few arrays, for a checkpoint: pickling 100,000 `Row`
+    objects one by one took about 2 s, during which the worker's event loop (every other
+    stage) stood still; packed, it takes a few hundredths.
+
+    >>> xs = [Row(("a", "b"), np.array([1.0, 2.0])), {"c": 3.0}, Row(("a",), np.array([4.0]))]
+    >>> back = PackedFeatures.pack(xs).unpack()
+    >>> [x.to_dict() if isinstance(x, Row) else x for x in back]
+    [{'a': 1.0, 'b': 2.0}, {'c': 3.0}, {'a': 4.0}]
+    """
+
+    names: list[tuple[str, ...]]  # the distinct feature names of the rows
+    kind: np.ndarray  # per event: its names' index, or -1 for a plain dict
+    values: np.ndarray  # every row's values, one after another
+    dicts: list[dict[str, float]]  # the plain dicts, in order
+
+    @staticmethod
+    def pack(xs: list[Features]) -> PackedFeatures:
+        names: dict[tuple[str, ...], int] = {}
+        kind = np.empty(len(xs), np.int64)
+        parts: list[np.ndarray] = []
+        dicts: list[dict[str, float]] = []
+        for i, x in enumerate(xs):
+            if isinstance(x, Row):
+                kind[i] = names.setdefault(x.names, len(names))
+                parts.append(x.values)
+            else:
+                kind[i] = -1
+                dicts.append(x)
+        values = np.concatenate(parts) if parts else np.empty(0)
+        return PackedFeatures(list(names), kind, values, dicts)
+
+    def unpack(self) -> list[Features]:
+        widths = np.array([len(n) for n in self.names], np.int64)
+        ends = np.cumsum(np.where(self.kind >= 0, widths[np.maximum(self.kind, 0)], 0)
+                         if len(widths) else np.zeros(len(self.kind), np.int64)).tolist()
+        dicts = iter(self.dicts)
+        out: list[Features] = []
+        start = 0
+        for k, end in zip(self.kind.tolist(), ends, strict=True):
+            if k < 0:
+                out.append(next(dicts))
+            else:
+                out.append(Row(self.names[k], self.values[start:end]))
+            start = end
+        return out
+
+
 class _Unasked:
     """The prediction of an event asked lazily, not made yet."""
 
@@ -124,6 +174,23 @@ class Head:
         self._unasked: list[str] = []  # asked lazily, not predicted yet
         # what learning a waiting label in `ask` gave (a drift): `take` hands it out
         self.held: list[Outcome] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The head for pickling, its kept events packed (`PackedFeatures`)."""
+        state = self.__dict__.copy()
+        asked = list(self._asked.values())
+        state["_asked"] = (list(self._asked), [a.t for a in asked],
+                           PackedFeatures.pack([a.x for a in asked]),
+                           [a.y_pred for a in asked], [a.entity for a in asked])
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        kept = state["_asked"]
+        if isinstance(kept, tuple):  # packed; a checkpoint of older code holds the dict
+            ids, times, xs, preds, entities = kept
+            state["_asked"] = OrderedDict(zip(ids, map(_Asked, times, xs.unpack(), preds,
+                                                       entities), strict=True))
+        self.__dict__.update(state)
 
     # -- the stream ------------------------------------------------------------------
 

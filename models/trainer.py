@@ -13,13 +13,15 @@ arrive in any interleaving: what the learn stage and replay run (no Kafka here).
 
 from __future__ import annotations
 
+import copy
 import pickle
 import zlib
+from collections import deque
 from collections.abc import Iterable
 from itertools import islice
 from typing import Any
 
-from models.head import Features, Head, Outcome
+from models.head import Features, Head, Outcome, PackedFeatures
 from models.ordering import QAOrder, Released
 
 __all__ = ["Trainer"]
@@ -35,6 +37,25 @@ class Trainer:
         self.names: tuple[str, ...] = ()  # the features of the questions, once seen
         self.more = False  # the last step stopped at its limit: more may be ready
         self._swept = -(1 << 62)  # stream time of the last horizon sweep
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The trainer for pickling, its buffered questions packed (`PackedFeatures`)."""
+        state = self.__dict__.copy()
+        order = copy.copy(self.order)
+        held = list(order.questions)
+        order.questions = (  # type: ignore[assignment]  # unpacked by __setstate__
+            [t for t, _ in held], [q[0] for _, q in held],
+            PackedFeatures.pack([q[1] for _, q in held]), [q[2] for _, q in held])
+        state["order"] = order
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        order = state["order"]
+        if isinstance(order.questions, tuple):  # packed; older checkpoints hold the deque
+            times, ids, xs, entities = order.questions
+            order.questions = deque(zip(times, zip(ids, xs.unpack(), entities, strict=True),
+                                        strict=True))
+        self.__dict__.update(state)
 
     def question(self, t: int, event_id: str, x: Features, entity: str = "") -> None:
         self.order.add_question(t, (event_id, x, entity))

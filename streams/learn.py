@@ -215,8 +215,12 @@ class Learn(Service):
             return
         assert self.producer is not None
         started = time.perf_counter()
-        raw = zlib.compress(pickle.dumps({"trainers": self.trainers, "offset": self.offset,
-                                          "owner": self.owner}, protocol=5), 1)
+        # pickled here, where nothing moves (the kept events packed: a few hundredths of a
+        # second for 100,000); compressed in a thread, which zlib lets the loop run beside
+        offset = self.offset
+        state = pickle.dumps({"trainers": self.trainers, "offset": offset,
+                              "owner": self.owner}, protocol=5)
+        raw = await asyncio.to_thread(zlib.compress, state, 1)
         try:
             await self.producer.send_and_wait(self.settings.topic("checkpoints"), raw,
                                               key=self.settings.app_id.encode(),
@@ -224,9 +228,9 @@ class Learn(Service):
         except Exception as exc:  # the previous checkpoint still holds: replay is longer
             log.error("learn: checkpoint of %d bytes not written: %r", len(raw), exc)
             return
-        self._checkpointed = self.offset
+        self._checkpointed = offset
         assert self.consumer is not None
-        await self.consumer.commit({self.tp: self.offset})
+        await self.consumer.commit({self.tp: offset})
         STAGE_SECONDS.labels("learn-checkpoint").observe(time.perf_counter() - started)
 
     # -- the loop --------------------------------------------------------------------

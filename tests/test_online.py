@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from river import checks, compose, linear_model, optim
 
-from models.head import Head, HeadConfig, Outcome
+from models.head import Head, HeadConfig, Outcome, Row
 from models.online import EXAMPLE_SPECS, boost_learning_rate, build_learner, task_of
 from models.trainer import Trainer
 
@@ -337,6 +338,43 @@ def test_restored_checkpoint_continues_like_an_uninterrupted_head(spec: str) -> 
     fresh = head(spec=spec, horizon_ms=100)
     feed(fresh, items)  # and both equal one head that never checkpointed at all
     assert fresh.metrics() == restored.metrics() and fresh.counts == restored.counts
+
+
+def test_a_trainer_checkpoint_packs_its_kept_rows_and_continues_alike() -> None:
+    """Kept events and buffered questions go into a checkpoint packed (`PackedFeatures`),
+    Rows and dicts mixed; restored, the trainer goes on exactly as the one that never
+    stopped; a head pickled by older code (kept events as a dict) still restores."""
+    names = ("a", "b")
+    rng = random.Random(5)
+    trainers = [Trainer(Head("h", HeadConfig(horizon_ms=10_000)), max_buffer=50)
+                for _ in range(2)]
+
+    def ask(trainer: Trainer, i: int) -> None:
+        x = Row(names, np.array([rng.random(), rng.random()])) if i % 3 else \
+            {"a": 0.5, "b": float(i % 2)}
+        trainer.question(10 * i, f"e{i}", x, f"s{i % 4}")
+
+    for i in range(300):  # no label yet: questions buffered, then kept for their labels
+        state = rng.getstate()
+        for trainer in trainers:
+            rng.setstate(state)
+            ask(trainer, i)
+    for trainer in trainers:
+        trainer.step()
+    one, other = trainers
+    assert len(one.order.questions) == 50 and len(one.head._asked) == 250
+    restored = Trainer.restore(one.checkpoint())
+    assert isinstance(restored.order.questions[0][1][1], Row | dict)
+    for trainer in (other, restored):
+        for i in range(300):
+            trainer.label(10 * i + 5, f"e{i}", float(i % 2))
+        trainer.flush()
+    assert restored.head.updates == other.head.updates == 300
+    assert restored.head.metrics() == other.head.metrics()
+    old = other.head.__dict__.copy()  # the state older code pickled: no packing
+    again = Head.__new__(Head)
+    again.__setstate__(old)
+    assert again._asked is other.head._asked
 
 
 def test_restore_rejects_what_is_not_a_head() -> None:
