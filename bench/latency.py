@@ -10,7 +10,12 @@ event's latency is the time its prediction is read here minus the Kafka timestam
 its input message (the producer's create time; one clock, one machine). The ceiling is
 the same measure through three plain aiokafka consume -> produce hops, each forwarding
 every message as it arrives (consumer `fetch_max_wait_ms` and producer `linger_ms` as
-the worker's). The first seconds of each run are a warm-up and are left out.
+the worker's). The first seconds of the raw chain are a warm-up and are left out; the
+worker first gets a warm-up of the same length at the same rate, and the measured events
+are sent once all of its predictions are in (a worker that has just started takes
+seconds over its first batches: left in, that backlog was most of a 15-second run's
+latency). With each rate it prints the median legs of a prediction's trip: to ingest,
+ingest to prediction (featurize and infer), and prediction to the reader.
 """
 
 from __future__ import annotations
@@ -65,14 +70,17 @@ async def pace(s: Settings, topic: str, values: list[tuple[bytes, bytes]], rate:
         await p.stop()
 
 
-async def collect(s: Settings, topic: str, n: int, timeout: float, key: str | None
-                  ) -> np.ndarray:
+async def collect(s: Settings, topic: str, n: int, timeout: float, key: str | None,
+                  legs: list[tuple[float, float, float]] | None = None,
+                  out: list[float] | None = None) -> np.ndarray:
     """Latencies (ms) of the first n messages on `topic`: read time minus the source
-    time (from the prediction's `source_time`, or the message's own timestamp chain)."""
+    time (from the prediction's `source_time`, or the message's own timestamp chain).
+    `legs`, for predictions, gets each one's (ingest - source, predict - ingest,
+    read - predict) times; `out` (given) fills as they come."""
     c = AIOKafkaConsumer(topic, bootstrap_servers=s.bootstrap, group_id=f"lat-{uuid.uuid4()}",
                          auto_offset_reset="earliest", fetch_max_wait_ms=5)
     await c.start()
-    out: list[float] = []
+    out = [] if out is None else out
     deadline = time.monotonic() + timeout
     try:
         while len(out) < n and time.monotonic() < deadline:
@@ -80,8 +88,12 @@ async def collect(s: Settings, topic: str, n: int, timeout: float, key: str | No
             now = time.time() * 1000
             for recs in polled.values():
                 for r in recs:
-                    src = orjson.loads(r.value)[key] if key else float(r.headers[0][1])
+                    doc = orjson.loads(r.value) if key else None
+                    src = doc[key] if doc else float(r.headers[0][1])
                     out.append(now - src)
+                    if doc and legs is not None:
+                        legs.append((doc["ingest_time"] - src, doc["predict_time"]
+                                     - doc["ingest_time"], now - doc["predict_time"]))
         return np.array(out)
     finally:
         await c.stop()
@@ -125,12 +137,25 @@ async def raw_chain(s: Settings, tag: str, values: list[tuple[bytes, bytes]], ra
     return lat
 
 
-async def headwater(s: Settings, values: list[tuple[bytes, bytes]], rate: float
-                    ) -> np.ndarray:
-    reader = asyncio.create_task(collect(s, s.topic("predictions"), len(values), COLLECT_S,
-                                         "source_time"))
+async def headwater(s: Settings, warm: list[tuple[bytes, bytes]],
+                    values: list[tuple[bytes, bytes]], rate: float,
+                    legs: list[tuple[float, float, float]]) -> np.ndarray:
+    """Latencies of `values` sent at `rate` once the predictions of `warm` (sent first, at
+    the same rate) are all in; `legs` gets theirs."""
+    got: list[float] = []
+    reader = asyncio.create_task(collect(s, s.topic("predictions"), len(warm) + len(values),
+                                         2 * COLLECT_S, "source_time", legs, got))
+    await pace(s, s.topic("sensor-events"), warm, rate)
+    deadline = time.monotonic() + COLLECT_S
+    while len(got) < len(warm) and time.monotonic() < deadline and not reader.done():
+        await asyncio.sleep(0.05)
+    if len(got) < len(warm):
+        raise SystemExit(f"the worker predicted {len(got):,} of {len(warm):,} warm-up events "
+                         f"within {COLLECT_S:.0f} s")
     await pace(s, s.topic("sensor-events"), values, rate)
-    return await reader
+    lat = await reader
+    del legs[:len(warm)]
+    return lat[len(warm):]
 
 
 def summary(lat: np.ndarray, rate: float, n_warm: int) -> str:
@@ -159,10 +184,11 @@ def main() -> None:
               f"{base.producer_linger_ms} ms, infer wait {base.infer_max_wait_ms} ms")
         for rate in (float(r) for r in args.rates.split(",")):
             n = int(rate * args.seconds)
-            table = events_table(n, args.sensors)
-            keys = table.column("sensor_id").to_pylist()
-            values = [(k.encode(), v) for k, v in zip(keys, sensor_json(table), strict=True)]
             warm = int(rate * WARMUP_S)
+            table = events_table(warm + n, args.sensors)
+            keys = table.column("sensor_id").to_pylist()
+            sent = [(k.encode(), v) for k, v in zip(keys, sensor_json(table), strict=True)]
+            values = sent[warm:]
             raw = asyncio.run(raw_chain(base, f"{tag}-{int(rate)}", values, rate))
             s = base.model_copy(update={"topic_prefix": f"{tag}-{int(rate)}-",
                                         "app_id": f"{tag}-{int(rate)}",
@@ -178,13 +204,18 @@ def main() -> None:
                                         stderr=subprocess.STDOUT)
                 try:
                     wait_ready(s, proc)
-                    got = asyncio.run(headwater(s, values, rate))
+                    legs: list[tuple[float, float, float]] = []
+                    got = asyncio.run(headwater(s, sent[:warm], values, rate, legs))
                     print(stages(s))
                 finally:
                     proc.terminate()
                     proc.wait(60)
             print(f"{rate:6.0f} ev/s  raw aiokafka, 3 hops : {summary(raw, rate, warm)}")
-            print(f"{rate:6.0f} ev/s  headwater worker     : {summary(got, rate, warm)}")
+            print(f"{rate:6.0f} ev/s  headwater worker     : {summary(got, rate, 0)}")
+            if legs:
+                p50 = np.percentile(np.array(legs), 50, axis=0)
+                print(f"    p50 legs: to ingest {p50[0]:.1f} ms, ingest to prediction "
+                      f"(featurize, infer) {p50[1]:.1f} ms, prediction to reader {p50[2]:.1f} ms")
             if len(got) < n:
                 print(f"    fell behind: {len(got):,} of {n:,} predictions within "
                       f"{COLLECT_S:.0f} s of the start (log: {log})")
