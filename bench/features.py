@@ -3,6 +3,7 @@ ceilings measured on the same broker in the same run, and featurize state memory
 
     python bench/features.py [--events 200000] [--sensors 16] [--repeat 3]
                              [--memory-events 2000000] [--entities 1000000]
+    python bench/features.py --pure [--pure-sensors 16,1000] [--pure-takes 64,714,4096]
 
 It starts the local broker (ops/) unless one answers already. For each stream it
 preloads the input topic with single-event JSON messages:
@@ -24,6 +25,11 @@ Then, in-process without Kafka, the memory of featurize state:
      worker's `engagement-state` table holds it (key `"<partition>/" + escaped key`,
      value the JSON str of {"asof", "prev", "cur", "format"}), and as bare `cur` lists;
   5. sensor state per sensor (the JSON str of `dump_state`) for the default windows.
+With --pure, only the sensor feature function itself, without Kafka or a worker: rows/s
+of `sensor_features` over takes of each --pure-takes rows of e2e.events_table (one event
+a second, dealt round-robin to each --pure-sensors sensors), states carried from take to
+take as featurize carries them, after 10,000 rows that fill every sensor's buffer (an
+hour and five minutes); the best of 3 passes over the next 20,000 rows.
 """
 
 from __future__ import annotations
@@ -274,6 +280,25 @@ def sensor_memory(sensors: int, config: SensorConfig) -> tuple[list[str], str]:
         f"  {'sensor state (table form)':<34} | {per:>7,.0f} B a sensor"
 
 
+def pure_sensor(sensors: int, take: int, warm: int = 10_000, timed: int = 20_000) -> float:
+    """Rows/s of `sensor_features` alone, in takes of `take` rows (see the module doc)."""
+    config = Settings().sensor_features()
+    table = e2e.events_table(warm + timed, sensors)
+    batches = [table.slice(i, take).combine_chunks().to_batches()[0]
+               for i in range(0, warm + timed, take)]
+    first = -(-warm // take)
+    best = float("inf")
+    for _ in range(3):
+        states: dict[str, SensorState] = {}
+        for b in batches[:first]:
+            states.update(sensor_features(b, states, config)[1])
+        t0 = time.perf_counter()
+        for b in batches[first:]:
+            states.update(sensor_features(b, states, config)[1])
+        best = min(best, time.perf_counter() - t0)
+    return sum(b.num_rows for b in batches[first:]) / best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--events", type=int, default=200_000)
@@ -281,7 +306,18 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--memory-events", type=int, default=2_000_000)
     ap.add_argument("--entities", type=int, default=1_000_000)
+    ap.add_argument("--pure", action="store_true",
+                    help="only the sensor feature function, no broker (see the doc)")
+    ap.add_argument("--pure-sensors", default="16,1000")
+    ap.add_argument("--pure-takes", default="64,714,4096")
     args = ap.parse_args()
+    if args.pure:
+        print("sensor_features alone, rows/s (best of 3), by sensors and rows per take")
+        for sensors in map(int, args.pure_sensors.split(",")):
+            for take in map(int, args.pure_takes.split(",")):
+                print(f"  {sensors:>6,} sensors  takes of {take:>5,} rows  "
+                      f"{pure_sensor(sensors, take):>9,.0f} rows/s")
+        return
     wall = time.perf_counter()
 
     base = Settings()

@@ -93,7 +93,8 @@ class Settings(BaseSettings):
         (1.0, 1.0), description="Beta prior (alpha, beta) of engagement rates, as JSON")
     positive_rating: float = Field(4.0, description="A rating at least this is a positive")
     featurize_max_wait_ms: int = Field(
-        5, ge=0, description="Longest wait to gather sensor batch messages to featurize together")
+        25, ge=0, description="Longest wait to gather sensor batch messages to featurize "
+        "together (a take's size, and so the stage's rate under load, grows with it)")
     infer_max_rows: int = Field(4096, ge=1, description="Rows per inference micro-batch")
     infer_max_wait_ms: int = Field(5, ge=0, description="Longest wait to fill a micro-batch")
     tail_idle_s: float = Field(
