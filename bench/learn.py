@@ -14,6 +14,10 @@ the next row (half an hour later), so the last row has no label and is left out.
 - river+metrics: the same loop also updating the head's six prequential metrics and its
   drift detector (river's own objects): the ceiling for the head's work, beside the
   bare model's, so the table tells the cost of the metrics from that of the rest;
+- floor: river alone plus the head's own metrics (`models.scores`) and drift detector,
+  and nothing else (no ordering, no join, no bookkeeping): the fastest a head that scores
+  and learns each label in turn, as `progressive_val_score` does, could be with these
+  metrics, so floor/river bounds headwater/river;
 - headwater: a fresh `Trainer(Head(...))` with the default `HeadConfig` (prequential
   LogLoss/ROCAUC/Accuracy or MAE/RMSE, cumulative and rolling over 1000 labels, ADWIN on
   the errors) fed as the learn stage feeds it, less Kafka: the questions of 256 rows
@@ -28,7 +32,7 @@ the next row (half an hour later), so the last row has no label and is left out.
   3 after one warm-up send.
 Rates are labels per second of --clock: `cpu` (default) is this process's CPU time
 (`time.process_time`), which other processes on a shared machine disturb far less than
-the wall clock; each figure is the best of --repeat runs, the three loops taking turns
+the wall clock; each figure is the best of --repeat runs, the four loops taking turns
 within each run. Needs river and pyarrow; aiokafka only with --bootstrap.
 """
 
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -124,6 +129,22 @@ def river_scored(spec: str, s: Stream) -> None:
         learn(x, y)
 
 
+def floor(spec: str, s: Stream) -> None:
+    """river alone plus the head's own scores and detector (see the module doc)."""
+    like = Head("bench", HeadConfig(spec=spec))
+    model, detector, update = like.model, like.detector, like.scores.update
+    classifier = like.task == "classification"
+    predict = model.predict_proba_one if classifier else model.predict_one
+    learn = model.learn_one
+    for x, y in zip(s.xs, s.ys, strict=True):
+        p = predict(x)
+        if p is not None and p != {}:
+            error = update(y, p)
+            if detector is not None and math.isfinite(error):
+                detector.update(error)
+        learn(x, y)
+
+
 def headwater(spec: str, s: Stream, delay: int) -> Trainer:
     """The learn stage's work less Kafka: questions and labels in messages of STEP rows
     (as infer and ingest send them), the head stepped after each, as `Learn.handle`."""
@@ -164,6 +185,7 @@ class Row:
     rows: int
     river: float  # labels/s
     scored: float
+    floor: float
     head: float
     model_bytes: bytes
     model_ms: float
@@ -175,7 +197,7 @@ class Row:
 def measure(spec: str, s: Stream, delay: int, repeat: int, clock: Callable[[], float]
             ) -> Row:
     n = len(s.ys)
-    river_s, scored_s, head_s = float("inf"), float("inf"), float("inf")
+    river_s, scored_s, floor_s, head_s = (float("inf"),) * 4
     trainer: Trainer | None = None
     for _ in range(repeat):  # turns, so that a busy spell hits all three
         t0 = clock()
@@ -184,6 +206,9 @@ def measure(spec: str, s: Stream, delay: int, repeat: int, clock: Callable[[], f
         t0 = clock()
         river_scored(spec, s)
         scored_s = min(scored_s, clock() - t0)
+        t0 = clock()
+        floor(spec, s)
+        floor_s = min(floor_s, clock() - t0)
         t0 = clock()
         trainer = headwater(spec, s, delay)
         head_s = min(head_s, clock() - t0)
@@ -195,7 +220,7 @@ def measure(spec: str, s: Stream, delay: int, repeat: int, clock: Callable[[], f
     model_s, raw = best_of(head.model_bytes, 3, time.perf_counter)
     ckpt_s, ckpt = best_of(trainer.checkpoint, 3, time.perf_counter)
     assert isinstance(raw, bytes) and isinstance(ckpt, bytes)
-    return Row(spec, n, n / river_s, n / scored_s, n / head_s, raw, model_s * 1000,
+    return Row(spec, n, n / river_s, n / scored_s, n / floor_s, n / head_s, raw, model_s * 1000,
                len(ckpt), ckpt_s * 1000)
 
 
@@ -266,12 +291,12 @@ def main() -> None:
     w = max(len(s) for s in specs)
     print(f"{'spec':<{w}} {'rows':>6} {'river labels/s':>14} {'headwater labels/s':>18} "
           f"{'hw/river':>8} {f'>= {TARGET}':>6}  {'river+metrics labels/s':>22} "
-          f"{'hw/(river+metrics)':>18}")
+          f"{'hw/(river+metrics)':>18} {'floor labels/s':>14} {'floor/river':>11}")
     for r in rows:
         ratio = r.head / r.river
         print(f"{r.spec:<{w}} {r.rows:>6} {r.river:>14,.0f} {r.head:>18,.0f} {ratio:>8.2f} "
               f"{'yes' if ratio >= TARGET else 'NO':>6}  {r.scored:>22,.0f} "
-              f"{r.head / r.scored:>18.2f}")
+              f"{r.head / r.scored:>18.2f} {r.floor:>14,.0f} {r.floor / r.river:>11.2f}")
     print()
     print(f"{'spec':<{w}} {'model bytes':>11} {'make ms':>8} {'checkpoint bytes':>16} "
           f"{'make ms':>8} {'publish ms':>10}")
