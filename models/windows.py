@@ -43,7 +43,7 @@ class RangeStats:
     def __init__(self, x: np.ndarray) -> None:
         x = np.asarray(x, np.float64)
         x = x.reshape(len(x), -1)  # one column per series; NaN is an empty leaf
-        size = 1 << max(0, int(len(x) - 1).bit_length())
+        size = _leaves(len(x))
         self.size = size
         present = ~np.isnan(x)
         # node i has children 2i and 2i+1; leaves are size..2*size-1; padding is empty
@@ -155,14 +155,14 @@ def decayed_prefix(t: np.ndarray, x: np.ndarray, half_life: float
     return a, w
 
 
+def _leaves(n: int) -> int:
+    """The leaves of a `RangeStats` over `n` values: the power of 2 >= n (1 for none)."""
+    return 1 << max(0, int(n - 1).bit_length())
+
+
 def _block(n: np.ndarray) -> np.ndarray:
-    """The leaves of a series of `n` values alone in a `RangeStats`: the power of 2 >= n."""
-    out = np.ones(len(n), np.int64)
-    big = n > 1
-    out[big] = 1 << np.ceil(np.log2(n[big])).astype(np.int64)
-    fix = out < n  # log2 rounding at the edges: settle on the exact power
-    out[fix] <<= 1
-    return out
+    """`_leaves` of each series length in `n`: the block a series takes when packed."""
+    return np.array([_leaves(k) for k in n.tolist()], np.int64)
 
 
 def packed_stats(x: np.ndarray, starts: np.ndarray) -> tuple[RangeStats, np.ndarray]:
@@ -254,9 +254,8 @@ def packed_decayed_prefix(t: np.ndarray, x: np.ndarray, starts: np.ndarray,
         stacked_x[valid] = x[rows]
         present = ~np.isnan(stacked_x)
         stacked_x = np.where(present, stacked_x, 0.0)
-        grow = np.exp2(stacked_e)  # the first chunk of decayed_prefix: base 0, no carry
-        decay = np.exp2(-stacked_e)
-        carried = np.exp2(-(stacked_e - 0.0))
-        a[rows] = (np.cumsum(grow * stacked_x, axis=1) * decay + 0.0 * carried)[valid]
-        w[rows] = (np.cumsum(grow * present, axis=1) * decay + 0.0 * carried)[valid]
+        grow = np.exp2(stacked_e)  # the first chunk of decayed_prefix: base 0, and its
+        decay = np.exp2(-stacked_e)  # zero carry, whose + 0.0 turns a -0.0 into 0.0
+        a[rows] = (np.cumsum(grow * stacked_x, axis=1) * decay + 0.0)[valid]
+        w[rows] = (np.cumsum(grow * present, axis=1) * decay + 0.0)[valid]
     return a, w
